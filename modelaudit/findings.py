@@ -1,0 +1,255 @@
+"""The typed report: what every stage produces and every writer renders.
+
+Plain dataclasses with an explicit JSON round-trip, because the JSON is a contract that CI gates and
+later stages rely on; field names here are stable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = "1.0"
+
+
+class Severity(str, enum.Enum):
+    """How bad a finding is if true; ordered so that ``>=`` compares badness."""
+
+    INFO = "info"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_ORDER.index(self)
+
+    def __ge__(self, other: object) -> bool:  # type: ignore[override]
+        if not isinstance(other, Severity):
+            return NotImplemented
+        return self.rank >= other.rank
+
+    def __gt__(self, other: object) -> bool:  # type: ignore[override]
+        if not isinstance(other, Severity):
+            return NotImplemented
+        return self.rank > other.rank
+
+    def __le__(self, other: object) -> bool:  # type: ignore[override]
+        if not isinstance(other, Severity):
+            return NotImplemented
+        return self.rank <= other.rank
+
+    def __lt__(self, other: object) -> bool:  # type: ignore[override]
+        if not isinstance(other, Severity):
+            return NotImplemented
+        return self.rank < other.rank
+
+
+_SEVERITY_ORDER = [Severity.INFO, Severity.LOW, Severity.MEDIUM, Severity.HIGH, Severity.CRITICAL]
+
+
+class Verdict(str, enum.Enum):
+    """The one-word answer to "may this model be deployed?"."""
+
+    PASS = "pass"
+    SUSPICIOUS = "suspicious"
+    BACKDOORED = "backdoored"
+    UNSAFE_FILES = "unsafe-files"
+    INCOMPLETE = "incomplete"
+
+
+@dataclass
+class Location:
+    """Where a finding points; every field optional because evidence can be file-, tensor- or prompt-level."""
+
+    path: str | None = None
+    """File path relative to the model root (POSIX separators)."""
+    member: str | None = None
+    """Member inside a container: zip entry, tensor name, config key, pickle position."""
+    line: int | None = None
+    """1-based line in a text file, when known."""
+
+    def __str__(self) -> str:
+        text = self.path or ""
+        if self.member:
+            text = f"{text}:{self.member}" if text else self.member
+        if self.line:
+            text = f"{text}:{self.line}"
+        return text
+
+
+@dataclass
+class Finding:
+    """One piece of evidence against the model, with how sure we are."""
+
+    rule_id: str
+    """Stable dotted id, first component the stage (``static.pickle.dangerous-call``)."""
+    severity: Severity
+    """How bad it is if true."""
+    message: str
+    """One human sentence."""
+    confidence: float = 1.0
+    """Probability-like confidence in [0, 1] that the finding is real."""
+    location: Location = field(default_factory=Location)
+    """Where it is."""
+    evidence: dict[str, Any] = field(default_factory=dict)
+    """Machine-readable facts that back the message (JSON-serialisable)."""
+
+    @property
+    def stage(self) -> str:
+        return self.rule_id.split(".", 1)[0]
+
+
+@dataclass
+class ScanError:
+    """A check or stage that broke; it lowers coverage and can make the verdict ``incomplete``."""
+
+    stage: str
+    """Stage name: ``static``, ``load``, ``weights``, ``triggers``, ``probes``."""
+    check: str
+    """Registered name of the check that failed, or the stage name."""
+    message: str
+    """One line naming the file (if any) and the problem."""
+    path: str | None = None
+    """File involved, relative to the model root."""
+
+
+@dataclass
+class StageCoverage:
+    """Whether one stage ran and what it could not check."""
+
+    status: str
+    """``ran``, ``partial``, ``skipped`` or ``failed``."""
+    required: bool = False
+    """If true and the stage did not fully run, the verdict is ``incomplete``."""
+    checks_run: list[str] = field(default_factory=list)
+    """Names of checks that completed."""
+    checks_failed: list[str] = field(default_factory=list)
+    """Names of checks that raised."""
+    notes: list[str] = field(default_factory=list)
+    """What was not checked and why."""
+
+
+@dataclass
+class FileEntry:
+    """One file of the target, hashed and sniffed by its bytes."""
+
+    path: str
+    """Relative POSIX path inside the model root."""
+    size: int
+    """Size in bytes."""
+    sha256: str
+    """Hex digest of the whole file."""
+    content_type: str
+    """Type sniffed from bytes: safetensors, pickle, pytorch-zip, zip, gguf, json, text, numpy, ..."""
+
+
+@dataclass
+class TargetInfo:
+    """What was scanned, pinned precisely enough to reproduce the scan."""
+
+    spec: str
+    """The TARGET argument as given."""
+    kind: str
+    """``hub``, ``folder`` or ``file``."""
+    local_path: str
+    """Absolute path of the model root (the snapshot folder for hub ids)."""
+    repo_id: str | None = None
+    """Hub repo id, for hub targets."""
+    requested_revision: str | None = None
+    """Revision as asked (branch, tag or sha)."""
+    resolved_revision: str | None = None
+    """Commit sha the revision resolved to; what the report is about."""
+    files: list[FileEntry] = field(default_factory=list)
+    """Inventory with hashes."""
+
+
+@dataclass
+class Report:
+    """Everything one scan found; writers render it, they compute nothing."""
+
+    target: TargetInfo
+    """What was scanned."""
+    tool_version: str
+    """modelaudit version that produced the report."""
+    findings: list[Finding] = field(default_factory=list)
+    """All findings, any order (writers sort)."""
+    errors: list[ScanError] = field(default_factory=list)
+    """Checks and stages that broke."""
+    coverage: dict[str, StageCoverage] = field(default_factory=dict)
+    """Per-stage coverage, keyed by stage name."""
+    verdict: Verdict = Verdict.INCOMPLETE
+    """Final answer; ``incomplete`` until the verdict step runs."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage."""
+    schema_version: str = SCHEMA_VERSION
+    """Version of this JSON schema."""
+    tool: str = "modelaudit"
+    """Producer name."""
+    sections: dict[str, Any] = field(default_factory=dict)
+    """Stage-specific top-level sections (``triggers``, ``probes``, ``weightdiff``), JSON-ready."""
+
+    def max_severity(self) -> Severity | None:
+        return max((f.severity for f in self.findings), key=lambda s: s.rank, default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "schema_version": self.schema_version,
+            "tool": self.tool,
+            "tool_version": self.tool_version,
+            "verdict": self.verdict.value,
+            "target": dataclasses.asdict(self.target),
+            "findings": [_finding_to_dict(f) for f in self.findings],
+            "errors": [dataclasses.asdict(e) for e in self.errors],
+            "coverage": {k: dataclasses.asdict(v) for k, v in self.coverage.items()},
+            "timings": dict(self.timings),
+        }
+        for name, value in self.sections.items():
+            if name in data:
+                raise ValueError(f"section {name!r} would overwrite a core report field")
+            data[name] = value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        target_data = dict(data["target"])
+        target_data["files"] = [FileEntry(**f) for f in target_data.get("files", [])]
+        core = {"schema_version", "tool", "tool_version", "verdict", "target", "findings", "errors",
+                "coverage", "timings"}
+        return cls(
+            schema_version=data["schema_version"],
+            tool=data.get("tool", "modelaudit"),
+            tool_version=data["tool_version"],
+            verdict=Verdict(data["verdict"]),
+            target=TargetInfo(**target_data),
+            findings=[_finding_from_dict(f) for f in data.get("findings", [])],
+            errors=[ScanError(**e) for e in data.get("errors", [])],
+            coverage={k: StageCoverage(**v) for k, v in data.get("coverage", {}).items()},
+            timings=dict(data.get("timings", {})),
+            sections={k: v for k, v in data.items() if k not in core},
+        )
+
+
+def _finding_to_dict(finding: Finding) -> dict[str, Any]:
+    return {
+        "rule_id": finding.rule_id,
+        "severity": finding.severity.value,
+        "confidence": finding.confidence,
+        "message": finding.message,
+        "location": dataclasses.asdict(finding.location),
+        "evidence": finding.evidence,
+    }
+
+
+def _finding_from_dict(data: dict[str, Any]) -> Finding:
+    return Finding(
+        rule_id=data["rule_id"],
+        severity=Severity(data["severity"]),
+        confidence=float(data.get("confidence", 1.0)),
+        message=data["message"],
+        location=Location(**data.get("location", {})),
+        evidence=dict(data.get("evidence", {})),
+    )

@@ -1,0 +1,1 @@
+"""Report writers: they render a Report and compute nothing."""
