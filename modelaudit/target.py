@@ -156,6 +156,12 @@ def sniff(path: Path, head: bytes, size: int) -> str:
             return "safetensors"
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return _sniff_zip(path)
+    if head.startswith(b"\x7fELF"):
+        return "elf"
+    if head.startswith(b"MZ"):
+        return "pe"
+    if head[:4] in (b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe", b"\xca\xfe\xba\xbe"):
+        return "macho"
     if head.startswith(b"\x93NUMPY"):
         return "numpy"
     if head.startswith(b"\x1f\x8b"):

@@ -1,0 +1,16 @@
+# The two commands a newcomer runs (see README.md): `make demo` and `make test`.
+export OMP_WAIT_POLICY := PASSIVE
+
+.PHONY: setup demo test test-slow
+
+setup:
+	./scripts/setup.sh
+
+demo: setup
+	.venv/bin/modelaudit demo
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+test-slow: setup
+	.venv/bin/python -m pytest -q -m slow

