@@ -1,0 +1,298 @@
+"""Property-based fuzzing of all static checks on malformed model files.
+
+Properties, for every generated folder: no check raises (``result.errors`` is empty), the scan finishes
+within a few seconds, and a ``.safetensors`` file that the reference library refuses always ends in at
+least one finding. Inputs start from real files (``safetensors`` output, ``pickle.dumps``, ``torch.save``,
+real config / tokenizer_config JSON) and are then mutated, so the fuzzer reaches deep parser states
+instead of failing at the first byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pickle
+import signal
+import struct
+import tempfile
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+
+from modelaudit.static.base import StaticContext, StaticResult, run_static_checks
+from modelaudit.target import inventory
+
+SCAN_SECONDS = 10
+EXAMPLES = int(os.environ.get("MODELAUDIT_FUZZ_EXAMPLES", "300"))  # raise it for a deep local run
+# deadline=None: a busy 2-core CI box makes per-example deadlines flaky; _time_limit catches real hangs.
+FUZZ = settings(max_examples=EXAMPLES, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: int) -> Iterator[None]:
+    """Fail the example instead of hanging the suite when a check loops."""
+
+    def _raise(_sig: int, _frame: Any) -> None:
+        raise TimeoutError(f"static checks took longer than {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, _raise)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _scan(files: dict[str, bytes]) -> tuple[StaticResult, dict[str, bool]]:
+    """Write ``files`` into a fresh folder, run every static check, and note which safetensors files load."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for name, content in files.items():
+            (root / name).write_bytes(content)
+        with _time_limit(SCAN_SECONDS):
+            result = run_static_checks(StaticContext(root=root, files=inventory(root)))
+        loads = {name: _library_accepts(root / name) for name in files if name.endswith(".safetensors")}
+    assert result.errors == [], [f"{e.check}: {e.message}" for e in result.errors]
+    return result, loads
+
+
+def _library_accepts(path: Path) -> bool:
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            list(fh.keys())
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return False
+    return True
+
+
+def _assert_flagged_if_rejected(result: StaticResult, loads: dict[str, bool]) -> None:
+    for name, ok in loads.items():
+        event("library refuses the file" if not ok else "library accepts the file")
+        if not ok:
+            hits = [f for f in result.findings
+                    if f.location.path == name and f.rule_id.startswith("static.safetensors.")]
+            assert hits, f"{name} is refused by the safetensors library but produced no finding"
+
+
+# --- safetensors --------------------------------------------------------------------------------------------
+
+_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int8, torch.uint8, torch.bool, torch.int64,
+           torch.float64, torch.int32]
+
+tensor_st = st.builds(
+    lambda dtype, shape: torch.zeros(shape, dtype=dtype),
+    st.sampled_from(_DTYPES),
+    st.lists(st.integers(0, 4), min_size=0, max_size=3),
+)
+tensor_names = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=12)
+tensors_st = st.dictionaries(tensor_names.filter(lambda n: n != "__metadata__"), tensor_st, max_size=5)
+metadata_st = st.none() | st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3)
+
+
+@st.composite
+def valid_safetensors(draw: st.DrawFn) -> bytes:
+    tensors, metadata = draw(tensors_st), draw(metadata_st)
+    if not tensors and metadata == {}:
+        metadata = None  # safetensors 0.8 writes a broken header for this (see test_static_safetensors.py)
+    return save(tensors, metadata=metadata)
+
+
+def _json_containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=10),
+    _json_containers, max_leaves=12,
+)
+
+
+def _canonical(blob: bytes) -> bytes:
+    """The library's bytes with the header keys sorted: its Rust maps order keys differently from run to run,
+    and hypothesis needs the same draws to give the same bytes when it replays an example."""
+    _n, header, data = _split(blob)
+    text = json.dumps(json.loads(header), sort_keys=True, separators=(",", ":"))
+    text += " " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text.encode() + data
+
+
+def _split(blob: bytes) -> tuple[int, bytes, bytes]:
+    (n,) = struct.unpack("<Q", blob[:8])
+    return n, blob[8:8 + n], blob[8 + n:]
+
+
+@st.composite
+def mutated_safetensors(draw: st.DrawFn) -> bytes:
+    """A real file, then one or more structural mutations of the length, header bytes or JSON fields."""
+    blob = _canonical(draw(valid_safetensors()))
+    for _ in range(draw(st.integers(1, 3))):
+        if len(blob) < 8:
+            break
+        n, header, data = _split(blob)
+        kind = draw(st.sampled_from(["length", "flip", "insert", "delete", "truncate", "field", "dup", "pad",
+                                     "append"]))
+        if kind == "length":
+            n = draw(st.sampled_from([0, 1, n - 1, n + 1, n * 2, 2**32, 2**63, 2**64 - 1]) | st.integers(0, 2**64 - 1))
+            n = max(0, min(n, 2**64 - 1))
+            blob = struct.pack("<Q", n) + header + data
+        elif kind in ("flip", "insert", "delete") and header:
+            pos = draw(st.integers(0, len(header) - 1))
+            byte = bytes([draw(st.integers(0, 255))])
+            if kind == "flip":
+                header = header[:pos] + byte + header[pos + 1:]
+            elif kind == "insert":
+                header = header[:pos] + byte + header[pos:]
+            else:
+                header = header[:pos] + header[pos + 1:]
+            keep_len = draw(st.booleans())
+            blob = struct.pack("<Q", n if keep_len else len(header)) + header + data
+        elif kind == "truncate":
+            blob = blob[:draw(st.integers(0, max(0, len(blob) - 1)))]
+        elif kind == "append":
+            blob = blob + draw(st.binary(min_size=1, max_size=16))
+        else:
+            try:
+                obj = json.loads(header.decode("utf-8"), object_pairs_hook=OrderedDict)
+            except ValueError:
+                continue
+            if not isinstance(obj, dict):
+                continue
+            text = _mutate_json_header(draw, obj, kind)
+            raw = text.encode("utf-8", "surrogatepass")
+            blob = struct.pack("<Q", len(raw)) + raw + data
+    return blob
+
+
+def _mutate_json_header(draw: st.DrawFn, obj: dict[str, Any], kind: str) -> str:
+    names = [k for k in obj if k != "__metadata__"]
+    if kind == "pad":
+        return json.dumps(obj) + draw(st.sampled_from([" " * 7, "\t", "\n  ", "  x", "\x00\x00", "}"]))
+    if kind == "dup" and names:
+        name = draw(st.sampled_from(names))
+        body = json.dumps(obj)
+        return body[:-1] + (", " if obj else "") + json.dumps(name) + ": " + json.dumps(obj[name]) + "}"
+    target = draw(st.sampled_from(names + ["__metadata__"]))
+    field_name = draw(st.sampled_from(["dtype", "shape", "data_offsets", None]))
+    value = draw(json_values | st.sampled_from(["F33", "I4", [-1], [0, 2**40], [8, 0], [0], [True], [1.5]]))
+    if target == "__metadata__" or field_name is None:
+        obj[target] = value
+    elif isinstance(obj.get(target), dict):
+        obj[target][field_name] = value
+    return json.dumps(obj)
+
+
+@FUZZ
+@given(blob=valid_safetensors())
+def test_valid_safetensors_produce_no_safetensors_findings(blob: bytes) -> None:
+    result, loads = _scan({"model.safetensors": blob})
+    assert loads == {"model.safetensors": True}
+    assert [f.rule_id for f in result.findings if f.rule_id.startswith("static.safetensors.")] == []
+
+
+@FUZZ
+@given(blob=mutated_safetensors())
+def test_mutated_safetensors_never_crash_and_rejections_are_flagged(blob: bytes) -> None:
+    result, loads = _scan({"model.safetensors": blob})
+    _assert_flagged_if_rejected(result, loads)
+
+
+@FUZZ
+@given(blob=st.binary(max_size=256), prefix_len=st.integers(0, 300))
+def test_random_bytes_named_safetensors(blob: bytes, prefix_len: int) -> None:
+    result, loads = _scan({"model.safetensors": struct.pack("<Q", prefix_len) + blob})
+    _assert_flagged_if_rejected(result, loads)
+
+
+# --- pickles -----------------------------------------------------------------------------------------------
+
+
+def _seed_pickles() -> list[bytes]:
+    objs: list[Any] = [{"a": 1, "b": [1.5, "x", None]}, [1, 2, (3, 4)], OrderedDict(w=b"\x00\x01"), "text", 2**70,
+                       {1, 2}, frozenset({3})]
+    seeds = [pickle.dumps(o, protocol=p) for o in objs for p in (0, 2, 4, 5)]
+    buf = io.BytesIO()
+    torch.save({"w": torch.ones(2)}, buf, _use_new_zipfile_serialization=False)
+    seeds.append(buf.getvalue())
+    buf = io.BytesIO()
+    torch.save({"w": torch.ones(2)}, buf)
+    seeds.append(buf.getvalue())
+    return seeds
+
+
+SEED_PICKLES = _seed_pickles()
+
+
+@st.composite
+def mutated_pickle(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from(SEED_PICKLES)))
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["flip", "insert", "delete", "truncate"]))
+        pos = draw(st.integers(0, max(0, len(data) - 1)))
+        if kind == "flip" and data:
+            data[pos] = draw(st.integers(0, 255))
+        elif kind == "insert":
+            data[pos:pos] = draw(st.binary(min_size=1, max_size=4))
+        elif kind == "delete" and data:
+            del data[pos:pos + draw(st.integers(1, 4))]
+        elif kind == "truncate":
+            del data[pos:]
+    return bytes(data)
+
+
+@FUZZ
+@given(blob=mutated_pickle(), name=st.sampled_from(["pytorch_model.bin", "model.pt", "data.pkl", "model.ckpt"]))
+def test_mutated_pickles_never_crash(blob: bytes, name: str) -> None:
+    _scan({name: blob})
+
+
+# --- config.json and tokenizer_config.json -------------------------------------------------------------------
+
+REAL_CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+               "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 512, "torch_dtype": "float32",
+               "auto_map": {"AutoModelForCausalLM": "modeling_x.LlamaX"}}
+REAL_TOKENIZER_CONFIG = {
+    "added_tokens_decoder": {"0": {"content": "<|im_start|>", "special": True, "lstrip": False, "rstrip": False,
+                                   "normalized": False, "single_word": False}},
+    "bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "model_max_length": 2048,
+    "chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}",
+    "tokenizer_class": "GPT2Tokenizer",
+}
+
+
+@st.composite
+def mutated_json_text(draw: st.DrawFn, seed: dict[str, Any]) -> bytes:
+    kind = draw(st.sampled_from(["random", "field", "bytes"]))
+    if kind == "random":
+        return json.dumps(draw(json_values)).encode()
+    obj = json.loads(json.dumps(seed))
+    if kind == "field":
+        for _ in range(draw(st.integers(1, 3))):
+            key = draw(st.sampled_from(sorted(obj)) | st.text(max_size=12))
+            obj[key] = draw(json_values)
+        return json.dumps(obj).encode()
+    raw = bytearray(json.dumps(obj).encode())
+    for _ in range(draw(st.integers(1, 3))):
+        pos = draw(st.integers(0, len(raw) - 1))
+        raw[pos] = draw(st.integers(0, 255))
+    return bytes(raw)
+
+
+@FUZZ
+@given(config=mutated_json_text(REAL_CONFIG), tok=mutated_json_text(REAL_TOKENIZER_CONFIG),
+       with_weights=st.booleans())
+def test_mutated_config_and_tokenizer_config_never_crash(config: bytes, tok: bytes, with_weights: bool) -> None:
+    files = {"config.json": config, "tokenizer_config.json": tok}
+    if with_weights:
+        files["model.safetensors"] = save({"model.embed_tokens.weight": torch.zeros(4, 2)})
+    _scan(files)
