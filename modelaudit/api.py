@@ -22,6 +22,7 @@ from modelaudit.static.base import StaticContext, run_static_checks
 from modelaudit.target import ResolvedTarget, resolve_target
 
 MODEL_STAGES = ("weights", "triggers", "probes")
+ALL_STAGES = ("static", *MODEL_STAGES)
 
 
 @dataclass

@@ -19,10 +19,10 @@ from modelaudit.errors import (
     TargetUnreadableError,
     UsageError,
 )
+from modelaudit.api import ALL_STAGES
 from modelaudit.policy import EXIT_INCOMPLETE, EXIT_USAGE, Policy, exit_code, parse_severity
 
-FORMATS = ("console", "json", "sarif")
-ALL_STAGES = ("static", "weights", "triggers", "probes")
+
 
 
 class ModelAuditCommand(click.Command):
@@ -58,7 +58,7 @@ def main() -> None:
 @click.option("--revision", help="Hub revision (branch, tag or commit); pinned to a commit sha in the report.")
 @click.option("--base", help="Local folder of the claimed base model (tokenizer and weight comparison).")
 @click.option("--format", "fmt", default="console", show_default=True,
-              help=f"Output format: {', '.join(FORMATS)}.")
+              help="Output format: console, json, sarif (or a plugin writer).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report here (atomically).")
 @click.option("--fail-on", default=None, help="Exit 1 when a finding is at or above this severity [default: high].")
 @click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False),
@@ -95,7 +95,7 @@ def scan(target: str, revision: str | None, base: str | None, fmt: str, output: 
 
 @main.command(name="report", cls=ModelAuditCommand)
 @click.argument("report_json", type=click.Path(exists=True, dir_okay=False))
-@click.option("--format", "fmt", default="console", show_default=True, help=f"Output format: {', '.join(FORMATS)}.")
+@click.option("--format", "fmt", default="console", show_default=True, help="Output format: console, json, sarif (or a plugin writer).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the rendering here (atomically).")
 def report_cmd(report_json: str, fmt: str, output: str | None) -> None:
     """Render a saved JSON report in another format."""
@@ -130,7 +130,7 @@ def _emit(report: object, fmt: str, output: str | None) -> None:
     elif fmt == "console":
         from rich.console import Console
 
-        print_report(report, Console())
+        print_report(report, Console(width=None if sys.stdout.isatty() else 120))
     else:
         click.echo(render(report, fmt), nl=False)
 
@@ -144,8 +144,10 @@ def demo(workdir: str) -> None:
 
     from modelaudit.demo import run_demo
 
-    results = run_demo(workdir, console=Console())
-    sys.exit(0 if all(report.verdict in case.expected for case, report in results) else 1)
+    from modelaudit.api import ScanConfig
+
+    run_demo(workdir, console=Console(width=None if sys.stdout.isatty() else 120),
+             config=ScanConfig(stages=ALL_STAGES))
 
 
 def _register_subcommands() -> None:
