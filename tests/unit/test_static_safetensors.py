@@ -247,6 +247,18 @@ def test_index_misses_a_tensor_the_shard_holds(tmp_path: Path) -> None:
     assert finding.evidence["tensors"] == ["b"] and finding.severity == Severity.LOW
 
 
+def test_index_shard_that_is_a_pickle(tmp_path: Path) -> None:
+    save_file({"a": torch.ones(2)}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    torch.save({"b": torch.ones(2)}, tmp_path / "model-00002-of-00002.bin", _use_new_zipfile_serialization=False)
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.bin"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    found = _scan(tmp_path)
+    (finding,) = found["static.safetensors.index-shard-not-safetensors"]
+    assert finding.severity == Severity.HIGH and finding.evidence["content_type"] == "pickle"
+    assert finding.location.path == "model.safetensors.index.json" and "model-00002-of-00002.bin" in finding.message
+    assert set(found) == {"static.safetensors.index-shard-not-safetensors"}
+
+
 @pytest.mark.parametrize("text", ["{broken", "[1]", '{"weight_map": {"a": 3}}',
                                   '{"weight_map": {"a": "../x.safetensors"}}'])
 def test_invalid_index(tmp_path: Path, text: str) -> None:
@@ -273,3 +285,38 @@ def test_large_file_reads_header_only(tmp_path: Path) -> None:
     report = inspect_file(path, entry)
     assert time.perf_counter() - start < 1.0
     assert report.findings == [] and report.header is not None and list(report.header.tensors) == ["big"]
+
+
+def test_hostile_long_names_are_shortened_in_findings(tmp_path: Path) -> None:
+    name = "x" * 100_000
+    found = _scan(_write(tmp_path, _raw({name: _t("F32", [4], 0, 16)}, b"\0" * 8)))
+    (finding,) = found["static.safetensors.offsets-past-end"]
+    assert len(finding.message) < 1000
+    assert finding.evidence["tensors"][0].startswith("xxx") and len(finding.evidence["tensors"][0]) < 300
+    assert finding.location.member is not None and len(finding.location.member) < 300
+
+
+def test_file_that_shrank_after_the_inventory(tmp_path: Path) -> None:
+    from modelaudit.findings import FileEntry
+    from modelaudit.static.safetensors_integrity import inspect_file
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"\x05\x00")
+    entry = FileEntry(path="model.safetensors", size=4096, sha256="0" * 64, content_type="safetensors")
+    rules = [f.rule_id for f in inspect_file(path, entry).findings]
+    assert rules == ["static.safetensors.truncated"]
+
+
+def test_check_does_not_import_torch(tmp_path: Path) -> None:
+    """The second opinion opens files with framework="numpy": a static scan must not pay torch's import."""
+    import subprocess
+    import sys
+
+    _write(tmp_path, _raw(W, b"\0" * 8))
+    code = ("import sys; from pathlib import Path; from modelaudit.static.base import StaticContext, run_static_checks;"
+            "from modelaudit.target import inventory; root = Path(sys.argv[1]);"
+            "r = run_static_checks(StaticContext(root=root, files=inventory(root)), only=['static.safetensors']);"
+            "assert not r.errors and not r.findings, r; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[2], check=True)
+    assert out.stdout.strip() == "False"
