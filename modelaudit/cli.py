@@ -12,39 +12,12 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import click
 
 from modelaudit import __version__
-from modelaudit.errors import (
-    InvalidModelFileError,
-    ModelAuditError,
-    TargetNotFoundError,
-    TargetUnreadableError,
-    UsageError,
-)
+from modelaudit.clicommand import ModelAuditCommand
+from modelaudit.errors import InvalidModelFileError, UsageError
 from modelaudit.api import ALL_STAGES
-from modelaudit.policy import EXIT_INCOMPLETE, EXIT_USAGE, Policy, exit_code, parse_severity
+from modelaudit.policy import Policy, exit_code, parse_severity
 
 
-
-
-class ModelAuditCommand(click.Command):
-    """Turn library errors into one line and an exit code instead of a traceback."""
-
-    def invoke(self, ctx: click.Context) -> object:
-        try:
-            return super().invoke(ctx)
-        except UsageError as exc:
-            _fail(str(exc), EXIT_USAGE)
-        except (TargetNotFoundError, TargetUnreadableError, InvalidModelFileError) as exc:
-            _fail(str(exc), EXIT_INCOMPLETE)
-        except ModelAuditError as exc:
-            _fail(str(exc), EXIT_INCOMPLETE)
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
-        return None
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"modelaudit: error: {message}", err=True)
-    sys.exit(code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
