@@ -1,102 +1,164 @@
-"""Terminal rendering with rich: verdict first, then the findings a triage analyst acts on."""
+"""Terminal rendering with rich: verdict first, then the findings a triage analyst acts on.
+
+Every string that can come from a model (file names, tensor names, messages, notes) goes into a
+``rich.text.Text`` after control characters are made visible: a plain ``str`` in a rich table is
+parsed as markup, so a tensor named ``[/bold]`` would crash the report and ``[red]`` would vanish,
+and an ESC byte would reach the analyst's terminal.
+"""
 
 from __future__ import annotations
 
 import io
+import re
 from collections import Counter
 
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from modelaudit.findings import Report, Severity, Verdict
+from modelaudit.findings import Finding, Report, Severity, Verdict
 from modelaudit.registry import writers
 
 MAX_ROWS = 50
+"""Findings shown on a live terminal; the string rendering (written to files) shows all of them."""
+WIDTH = 120
+"""Width of the string rendering, wide enough for dotted rule ids and sha256s."""
+
 _VERDICT_STYLE = {Verdict.PASS: "bold green", Verdict.SUSPICIOUS: "bold yellow", Verdict.BACKDOORED: "bold red",
                   Verdict.UNSAFE_FILES: "bold red", Verdict.INCOMPLETE: "bold magenta"}
 _SEVERITY_STYLE = {Severity.CRITICAL: "bold red", Severity.HIGH: "red", Severity.MEDIUM: "yellow",
                    Severity.LOW: "cyan", Severity.INFO: "dim"}
+_STATUS_STYLE = {"ran": "green", "partial": "yellow", "skipped": "dim", "failed": "red"}
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _safe(value: object, style: str = "") -> Text:
+    """Untrusted text as a literal: no markup, no emoji codes, control characters shown as ``\\xNN``."""
+    return Text(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value)), style=style)
 
 
 def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n} B"
+    """Human size: bytes exactly, larger sizes to one decimal."""
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KB", "MB", "GB", "TB"):
+        value /= 1024
+        if value < 1024 or unit == "TB":
+            break
+    return f"{value:.1f} {unit}"
+
+
+def _by_severity(findings: list[Finding]) -> list[Finding]:
+    """Critical first; ties in a stable, readable order."""
+    return sorted(findings, key=lambda f: (-f.severity.rank, f.rule_id, str(f.location)))
 
 
 def _summary(report: Report) -> Panel:
     t = report.target
     counts = Counter(f.severity for f in report.findings)
     lines = Text()
-    lines.append("verdict  ")
-    lines.append(report.verdict.value, style=_VERDICT_STYLE[report.verdict])
-    lines.append(f"\ntarget   {t.spec} ({t.kind})")
-    if t.resolved_revision:
-        lines.append(f"\nrevision {t.requested_revision} -> {t.resolved_revision}")
-    lines.append(f"\nfiles    {len(t.files)} ({_size(sum(f.size for f in t.files))})")
-    lines.append("\nfindings ")
-    for sev in reversed(list(Severity)):
-        lines.append(f"{sev.value} {counts.get(sev, 0)}  ", style=_SEVERITY_STYLE[sev] if counts.get(sev) else "")
-    lines.append(f"\ntool     modelaudit {report.tool_version} (schema {report.schema_version})")
+    lines.append("verdict   ")
+    lines.append(report.verdict.value, style=_VERDICT_STYLE.get(report.verdict, "bold"))
+    lines.append("\ntarget    ")
+    lines.append_text(_safe(f"{t.spec} ({t.kind})"))
+    if t.resolved_revision or t.requested_revision:
+        lines.append("\nrevision  ")
+        lines.append_text(_safe(t.resolved_revision or "unresolved"))
+        if t.requested_revision and t.requested_revision != t.resolved_revision:
+            lines.append_text(_safe(f" (requested {t.requested_revision})"))
+    lines.append(f"\nfiles     {len(t.files)} ({_size(sum(f.size for f in t.files))})")
+    lines.append("\nfindings  ")
+    for sev in sorted(Severity, key=lambda s: -s.rank):
+        n = counts.get(sev, 0)
+        lines.append(f"{sev.value} {n}", style=_SEVERITY_STYLE[sev] if n else "")
+        lines.append("  ")
+    lines.append("\ntool      ")
+    lines.append_text(_safe(f"{report.tool} {report.tool_version} (report schema {report.schema_version})"))
     return Panel(lines, title="modelaudit report", expand=False)
 
 
-def _findings(report: Report) -> Table | Text:
+def _findings(report: Report, max_rows: int | None) -> RenderableType:
     if not report.findings:
         return Text("No findings.", style="green")
-    ordered = sorted(report.findings, key=lambda f: (-f.severity.rank, f.rule_id, str(f.location)))
-    table = Table(title="findings", show_lines=False)
+    ordered = _by_severity(report.findings)
+    shown = ordered if max_rows is None else ordered[:max_rows]
+    # Rule id and location share a column (location on the second line): side by side, two long
+    # columns would squeeze the message into a sliver at 120 characters.
+    table = Table(title=f"findings ({len(ordered)})", show_lines=True)
     table.add_column("severity", no_wrap=True)
-    table.add_column("rule", no_wrap=True)
-    table.add_column("location", overflow="fold", max_width=40)
-    table.add_column("message", overflow="fold", ratio=1)
-    table.add_column("conf.", no_wrap=True)
-    for f in ordered[:MAX_ROWS]:
-        table.add_row(Text(f.severity.value, style=_SEVERITY_STYLE[f.severity]), f.rule_id, str(f.location),
-                      f.message, f"{f.confidence:.2f}")
-    if len(ordered) > MAX_ROWS:
-        table.caption = f"... {len(ordered) - MAX_ROWS} more (use --format json)"
+    table.add_column("rule / location", overflow="fold")
+    table.add_column("message", overflow="fold")
+    table.add_column("conf.", no_wrap=True, justify="right")
+    for f in shown:
+        where = _safe(f.rule_id)
+        if str(f.location):
+            where.append("\n")
+            where.append_text(_safe(f.location, style="cyan"))
+        table.add_row(Text(f.severity.value, style=_SEVERITY_STYLE[f.severity]), where, _safe(f.message),
+                      f"{f.confidence:.2f}")
+    if len(shown) < len(ordered):
+        table.caption = f"... {len(ordered) - len(shown)} more (use --format json or --output)"
     return table
 
 
-def _coverage(report: Report) -> Table:
+def _errors(report: Report) -> Table:
+    table = Table(title="errors (checks that could not finish)")
+    for col in ("stage", "check", "path", "message"):
+        table.add_column(col, overflow="fold")
+    for e in report.errors:
+        table.add_row(_safe(e.stage), _safe(e.check), _safe(e.path or ""), _safe(e.message, style="red"))
+    return table
+
+
+def _coverage(report: Report) -> Table | Text:
+    if not report.coverage:
+        return Text("No coverage recorded.", style="magenta")
     table = Table(title="coverage")
-    for col in ("stage", "status", "checks", "notes", "seconds"):
+    for col in ("stage", "status", "required", "checks run", "checks failed", "notes"):
         table.add_column(col, overflow="fold")
     for stage, cov in report.coverage.items():
-        checks = f"{len(cov.checks_run)} ran" + (f", {len(cov.checks_failed)} failed" if cov.checks_failed else "")
-        style = "green" if cov.status == "ran" else ("red" if cov.status == "failed" else "yellow")
-        seconds = report.timings.get(stage)
-        table.add_row(stage, Text(cov.status, style=style), checks, "; ".join(cov.notes),
-                      f"{seconds:.2f}" if seconds is not None else "")
+        table.add_row(_safe(stage), _safe(cov.status, style=_STATUS_STYLE.get(cov.status, "")),
+                      "yes" if cov.required else "no", str(len(cov.checks_run)),
+                      _safe(", ".join(cov.checks_failed) or "-", style="red" if cov.checks_failed else ""),
+                      _safe("; ".join(cov.notes)))
     return table
 
 
-def build_renderable(report: Report) -> Group:
-    parts: list[object] = [_summary(report), _findings(report)]
-    if report.errors:
-        errors = Table(title="errors (checks that could not finish)")
-        for col in ("stage", "check", "path", "message"):
-            errors.add_column(col, overflow="fold")
-        for e in report.errors:
-            errors.add_row(e.stage, e.check, e.path or "", e.message)
-        parts.append(errors)
-    parts.append(_coverage(report))
+def _timings(report: Report) -> Table:
+    table = Table(title="timings")
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    for stage, seconds in report.timings.items():
+        if stage != "total":
+            table.add_row(_safe(stage), f"{seconds:.2f}")
     if "total" in report.timings:
-        parts.append(Text(f"scanned in {report.timings['total']:.2f} s", style="dim"))
+        table.add_row(Text("total", style="bold"), f"{report.timings['total']:.2f}")
+    return table
+
+
+def build_renderable(report: Report, *, max_rows: int | None = None) -> Group:
+    """The whole report as one rich renderable; ``max_rows`` caps the findings table (None: all)."""
+    parts: list[RenderableType] = [_summary(report), _findings(report, max_rows)]
+    if report.errors:
+        parts.append(_errors(report))
+    parts.append(_coverage(report))
+    if report.timings:
+        parts.append(_timings(report))
     return Group(*parts)
 
 
-def print_report(report: Report, console: Console) -> None:
-    console.print(build_renderable(report))
+def print_report(report: Report, console: Console, *, max_rows: int | None = MAX_ROWS) -> None:
+    """Print to a real terminal; rich colours it when ``console`` is a TTY and keeps it plain otherwise."""
+    console.print(build_renderable(report, max_rows=max_rows))
 
 
 @writers.register("console", description="Human-readable terminal report", extension=".txt")
-def render_console(report: Report) -> str:
+def render_console(report: Report, *, rules: dict[str, str]) -> str:
+    """Plain-text rendering (no colour codes) of every finding, for files and pipes."""
+    del rules  # the table shows rule ids; descriptions would crowd it
     buf = io.StringIO()
-    print_report(report, Console(file=buf, width=120, force_terminal=False, color_system=None))
+    print_report(report, Console(file=buf, width=WIDTH, force_terminal=False, color_system=None,
+                                 highlight=False, emoji=False), max_rows=None)
     return buf.getvalue()

