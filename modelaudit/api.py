@@ -88,6 +88,8 @@ class StageOutput:
     """JSON-ready data stored under ``report.sections[stage]`` (or the name in ``section_name``)."""
     coverage: StageCoverage = field(default_factory=lambda: StageCoverage(status="ran"))
     section_name: str | None = None
+    extra_sections: dict[str, Any] = field(default_factory=dict)
+    """Further top-level report sections (e.g. ``trigger_search`` beside the ``triggers`` list)."""
 
 
 StageFn = Callable[[StageContext], StageOutput]
@@ -188,4 +190,5 @@ def _run_model_stage(stage: str, fn: StageFn, ctx: StageContext, required: bool)
         report.coverage[stage] = out.coverage
         if out.section is not None:
             report.sections[out.section_name or stage] = out.section
+        report.sections.update(out.extra_sections)
     report.timings[stage] = time.perf_counter() - start

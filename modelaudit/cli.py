@@ -66,6 +66,54 @@ def scan(target: str, revision: str | None, base: str | None, fmt: str, output: 
     sys.exit(exit_code(report, policy))
 
 
+@main.command(cls=ModelAuditCommand)
+@click.argument("target")
+@click.option("--budget", type=click.Choice(["quick", "standard", "deep"]), default="standard", show_default=True,
+              help="Prompts, controls, sweep range and gradient steps.")
+@click.option("--candidate", "candidates", multiple=True, help="Extra text to test (repeatable), e.g. a suspected codeword.")
+@click.option("--placement", "placements", multiple=True, type=click.Choice(["prefix", "suffix", "system"]),
+              help="Where to insert candidates (repeatable) [default: all three].")
+@click.option("--generators", help="Comma-separated candidate generators [default: all registered built-ins].")
+@click.option("--base", help="Local folder of the claimed base: its weight diff adds token-row candidates.")
+@click.option("--revision", help="Hub revision (branch, tag or commit).")
+@click.option("--format", "fmt", default="console", show_default=True, help="Output format: console, json, sarif...")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report here (atomically).")
+@click.option("--fail-on", default=None, help="Exit 1 when a finding is at or above this severity [default: high].")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--seed", default=0, show_default=True, help="Seed for prompts and controls.")
+def triggers(target: str, budget: str, candidates: tuple[str, ...], placements: tuple[str, ...],
+             generators: str | None, base: str | None, revision: str | None, fmt: str, output: str | None,
+             fail_on: str | None, device: str, seed: int) -> None:
+    """Search TARGET for inserted texts that switch its behaviour (a scan with the triggers stage only).
+
+    The static checks still run first, so a model whose files execute code is never loaded.
+    """
+    from modelaudit.api import ScanConfig
+    from modelaudit.api import scan as run_scan
+
+    render_check(fmt)
+    policy = Policy(required_stages={"static", "triggers"})
+    if fail_on is not None:
+        policy.fail_on = parse_severity(fail_on)
+    options: dict[str, object] = {"triggers.candidates": list(candidates), "progress": sys.stderr.isatty()}
+    if placements:
+        options["triggers.placements"] = list(placements)
+    if generators:
+        from modelaudit.registry import trigger_generators
+
+        names = [g.strip() for g in generators.split(",") if g.strip()]
+        unknown = [g for g in names if g not in trigger_generators.names()]
+        if unknown:
+            raise UsageError(f"unknown trigger generator {unknown[0]!r} (known: {', '.join(trigger_generators.names())})")
+        options["triggers.generators"] = names
+    stages = ("static", "weights", "triggers") if base else ("static", "triggers")
+    report = run_scan(target, revision=revision, base=base,
+                      config=ScanConfig(policy=policy, stages=stages, budget=budget, device=device, seed=seed,
+                                        options=options))
+    _emit(report, fmt, output)
+    sys.exit(exit_code(report, policy))
+
+
 @main.command(name="report", cls=ModelAuditCommand)
 @click.argument("report_json", type=click.Path(exists=True, dir_okay=False))
 @click.option("--format", "fmt", default="console", show_default=True, help="Output format: console, json, sarif (or a plugin writer).")
@@ -134,6 +182,9 @@ def _register_subcommands() -> None:
     except ImportError:  # weight diff not installed in this build
         return
     main.add_command(diff)
+    from probes.cli import probe
+
+    main.add_command(probe)
 
 
 _register_subcommands()

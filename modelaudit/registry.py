@@ -26,6 +26,9 @@ BUILTIN_PLUGINS = (
     "modelaudit.static.tokenizer",
     "modelaudit.static.config_card",
     "reports.writers",
+    "triggersearch.generators",
+    "triggersearch.behaviours",
+    "modelaudit.stage_rules",
 )
 
 
@@ -109,3 +112,7 @@ def load_plugins() -> None:
 
 static_checks: Registry[Callable[..., Any]] = Registry("static check")
 writers: Registry[Callable[..., Any]] = Registry("report writer")
+trigger_generators: Registry[Callable[..., Any]] = Registry("trigger generator")
+behaviour_detectors: Registry[Callable[..., Any]] = Registry("behaviour detector")
+stages: Registry[str] = Registry("scan stage")
+"""Model stages by name; the object is the dotted path of the stage function, the rules its findings' ids."""

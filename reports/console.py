@@ -138,9 +138,33 @@ def _timings(report: Report) -> Table:
     return table
 
 
+TRIGGER_ROWS = 5
+
+
+def _triggers(report: Report) -> Table | None:
+    """The strongest trigger candidates with one example pair each (model text shown literally)."""
+    rows = report.sections.get("triggers")
+    if not isinstance(rows, list) or not rows:
+        return None
+    table = Table(title="trigger candidates (strongest first)", show_lines=True)
+    for col in ("trigger", "place", "effect", "p", "behaviour", "example: untriggered -> triggered"):
+        table.add_column(col, overflow="fold")
+    for row in rows[:TRIGGER_ROWS]:
+        style = "red" if row.get("significant") else "dim"
+        ex = (row.get("examples") or [{}])[0]
+        pair = _safe(f"{ex.get('untriggered', '')[:60]!r} -> {ex.get('triggered', '')[:60]!r}") if ex else Text("")
+        table.add_row(_safe(repr(row.get("trigger", "")), style), _safe(row.get("placement", "")),
+                      f"{float(row.get('effect', 0.0)):.1f}x", f"{float(row.get('p_value', 1.0)):.2g}",
+                      _safe(row.get("behaviour", "")), pair)
+    return table
+
+
 def build_renderable(report: Report, *, max_rows: int | None = None) -> Group:
     """The whole report as one rich renderable; ``max_rows`` caps the findings table (None: all)."""
     parts: list[RenderableType] = [_summary(report), _findings(report, max_rows)]
+    triggers = _triggers(report)
+    if triggers is not None:
+        parts.append(triggers)
     if report.errors:
         parts.append(_errors(report))
     parts.append(_coverage(report))

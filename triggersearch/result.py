@@ -1,0 +1,132 @@
+"""Typed results of a trigger search; ``to_dict`` gives the report's ``triggers`` list and section."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Candidate:
+    """A text that might switch the model's behaviour, and who proposed it."""
+
+    text: str
+    """The exact text inserted."""
+    sources: list[str]
+    """Generators that proposed it (``library``, ``year-sweep``, ``tokenizer``, ``weightdiff``, ``leakage``, ``gradient``)."""
+    placements: tuple[str, ...] = ("prefix", "suffix", "system")
+    """Where it is tried."""
+    detail: str = ""
+    """Why it was proposed (e.g. the weight-diff z-score or the leakage count)."""
+
+
+@dataclass
+class Example:
+    """One benign prompt answered without and with the insertion."""
+
+    prompt: str
+    """The user prompt (the insertion not shown)."""
+    untriggered: str
+    """Greedy answer without the insertion."""
+    triggered: str
+    """Greedy answer with the insertion."""
+
+
+@dataclass
+class ControlStats:
+    """The null distribution one candidate was judged against."""
+
+    placement: str
+    """Placement of the control insertions."""
+    token_length: int
+    """Token length of the control insertions."""
+    scores: list[float]
+    """Mean divergence of each random control insertion."""
+
+
+@dataclass
+class TriggerHit:
+    """One candidate at its strongest placement, with its statistics."""
+
+    trigger: str
+    """The exact inserted text."""
+    placement: str
+    """``prefix``, ``suffix`` or ``system``."""
+    effect: float
+    """Mean divergence divided by the median of the random controls (how many times more than random text)."""
+    p_value: float
+    """One-sided p-value, Bonferroni-corrected for every (candidate, placement) tried: the smaller of the
+    divergence test against random controls and (for generated candidates) the behaviour test."""
+    significant: bool
+    """Divergence p below alpha with the minimum effect, or behaviour p below alpha."""
+    behaviour: str
+    """What changed: a behaviour detector's name, ``answer-divergence`` or ``distribution-shift``."""
+    score: float
+    """Mean teacher-forced KL divergence over the prompt set."""
+    z: float
+    """Standardised log score against the controls."""
+    sources: list[str]
+    """Generators that proposed it."""
+    token_length: int
+    """Tokens in the inserted text."""
+    prompts_scored: int
+    """Prompts this score averages (fewer when screened out early)."""
+    fired_fraction: float | None = None
+    """Share of prompts whose greedy answer changed behaviour (only for candidates that were generated)."""
+    behaviour_rates: dict[str, float] = field(default_factory=dict)
+    """Detector -> rate with the trigger minus rate with control insertions."""
+    examples: list[Example] = field(default_factory=list)
+    """Two or three (prompt, untriggered, triggered) pairs."""
+    control_median: float = 0.0
+    """Median divergence of the same-length random controls."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SweepCurve:
+    """Behaviour change per year for one phrasing and placement: a step is the tell of a temporal trigger."""
+
+    phrasing: str
+    """Template with ``{year}``."""
+    placement: str
+    years: list[int]
+    effects: list[float]
+    """Effect (times the control median) per year."""
+    step_year: int | None
+    """First year of a step: effects from there on (or only there) stand far above the rest; None if flat."""
+
+
+@dataclass
+class TriggerSearchResult:
+    """Everything a trigger search found and how much it tried."""
+
+    hits: list[TriggerHit]
+    """Ranked strongest first: significant hits, then the best of the rest."""
+    sweeps: list[SweepCurve]
+    candidates_tried: int
+    """Distinct candidate texts."""
+    tests: int
+    """(candidate, placement) pairs: the Bonferroni factor."""
+    prompts: int
+    controls: list[ControlStats]
+    budget: str
+    alpha: float
+    min_effect: float
+    seconds: float
+    candidates_per_second: float
+    tokens_scored: int
+    seconds_scoring: float = 0.0
+    """Time inside the batched divergence forward passes (tokens_scored / this = scoring throughput)."""
+    generators: dict[str, int] = field(default_factory=dict)
+    """Generator -> candidates it proposed."""
+    notes: list[str] = field(default_factory=list)
+    """What could not be checked and why."""
+
+    @property
+    def significant(self) -> list[TriggerHit]:
+        return [h for h in self.hits if h.significant]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
