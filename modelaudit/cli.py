@@ -31,7 +31,7 @@ def main() -> None:
 @click.option("--revision", help="Hub revision (branch, tag or commit); pinned to a commit sha in the report.")
 @click.option("--base", help="Local folder of the claimed base model (tokenizer and weight comparison).")
 @click.option("--format", "fmt", default="console", show_default=True,
-              help="Output format: console, json, sarif (or a plugin writer).")
+              help="Output format: console, json, sarif, html, markdown, junit (or a plugin writer).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report here (atomically).")
 @click.option("--fail-on", default=None, help="Exit 1 when a finding is at or above this severity [default: high].")
 @click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False),
@@ -73,16 +73,18 @@ def scan(target: str, revision: str | None, base: str | None, fmt: str, output: 
 @click.option("--candidate", "candidates", multiple=True, help="Extra text to test (repeatable), e.g. a suspected codeword.")
 @click.option("--placement", "placements", multiple=True, type=click.Choice(["prefix", "suffix", "system"]),
               help="Where to insert candidates (repeatable) [default: all three].")
+@click.option("--target-answer", "targets", multiple=True,
+              help="A suspected backdoor answer (repeatable): gradient search looks for a trigger that makes the model say it.")
 @click.option("--generators", help="Comma-separated candidate generators [default: all registered built-ins].")
 @click.option("--base", help="Local folder of the claimed base: its weight diff adds token-row candidates.")
 @click.option("--revision", help="Hub revision (branch, tag or commit).")
-@click.option("--format", "fmt", default="console", show_default=True, help="Output format: console, json, sarif...")
+@click.option("--format", "fmt", default="console", show_default=True, help="Output format: console, json, sarif, html, markdown, junit.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report here (atomically).")
 @click.option("--fail-on", default=None, help="Exit 1 when a finding is at or above this severity [default: high].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--seed", default=0, show_default=True, help="Seed for prompts and controls.")
 def triggers(target: str, budget: str, candidates: tuple[str, ...], placements: tuple[str, ...],
-             generators: str | None, base: str | None, revision: str | None, fmt: str, output: str | None,
+             targets: tuple[str, ...], generators: str | None, base: str | None, revision: str | None, fmt: str, output: str | None,
              fail_on: str | None, device: str, seed: int) -> None:
     """Search TARGET for inserted texts that switch its behaviour (a scan with the triggers stage only).
 
@@ -95,7 +97,8 @@ def triggers(target: str, budget: str, candidates: tuple[str, ...], placements: 
     policy = Policy(required_stages={"static", "triggers"})
     if fail_on is not None:
         policy.fail_on = parse_severity(fail_on)
-    options: dict[str, object] = {"triggers.candidates": list(candidates), "progress": sys.stderr.isatty()}
+    options: dict[str, object] = {"triggers.candidates": list(candidates), "triggers.targets": list(targets),
+                                  "progress": sys.stderr.isatty()}
     if placements:
         options["triggers.placements"] = list(placements)
     if generators:
@@ -114,9 +117,29 @@ def triggers(target: str, budget: str, candidates: tuple[str, ...], placements: 
     sys.exit(exit_code(report, policy))
 
 
+@main.command(cls=ModelAuditCommand)
+@click.argument("zoo_dir", type=click.Path(file_okay=False))
+@click.option("--stages", default=",".join(ALL_STAGES), show_default=True, help="Stages each scan runs.")
+@click.option("--budget", type=click.Choice(["quick", "standard", "deep"]), default="standard", show_default=True)
+@click.option("--output", "-o", default="bench", show_default=True,
+              help="Write OUTPUT.json and OUTPUT.md (atomically).")
+def bench(zoo_dir: str, stages: str, budget: str, output: str) -> None:
+    """Scan every model of a built zoo blind, then score the scans against its truth manifests."""
+    import json
+
+    from modelaudit.bench import run_bench, to_markdown
+    from reports.output import write_atomic
+
+    result = run_bench(zoo_dir, stages=stages, budget=budget, progress=True)
+    write_atomic(f"{output}.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    md = to_markdown(result)
+    write_atomic(f"{output}.md", md)
+    click.echo(md, nl=False)
+
+
 @main.command(name="report", cls=ModelAuditCommand)
 @click.argument("report_json", type=click.Path(exists=True, dir_okay=False))
-@click.option("--format", "fmt", default="console", show_default=True, help="Output format: console, json, sarif (or a plugin writer).")
+@click.option("--format", "fmt", default="console", show_default=True, help="Output format: console, json, sarif, html, markdown, junit (or a plugin writer).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the rendering here (atomically).")
 def report_cmd(report_json: str, fmt: str, output: str | None) -> None:
     """Render a saved JSON report in another format."""

@@ -6,6 +6,6 @@ extension=...)`` and has the signature ``(report: Report, *, rules: dict[str, st
 only: sorting and grouping for display is fine, deciding anything about the model is not.
 """
 
-from reports import console, json_writer, sarif
+from reports import console, html, json_writer, junit, markdown, sarif
 
-__all__ = ["console", "json_writer", "sarif"]
+__all__ = ["console", "html", "json_writer", "junit", "markdown", "sarif"]

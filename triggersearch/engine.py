@@ -165,14 +165,15 @@ class Engine:
                 ids[r, width - len(row):] = torch.tensor(row)
                 mask[r, width - len(row):] = 1
             pos = (mask.cumsum(-1) - 1).clamp_min(0)
+            keep = max(seqs[k][1] for k in idx) + 1  # only the answer positions reach the unembedding
             with torch.inference_mode(), autocast(self.device):
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                    position_ids=pos.to(self.device)).logits  # [batch, width, vocab]
+                                    position_ids=pos.to(self.device), logits_to_keep=keep).logits  # [batch, keep, vocab]
             self.tokens_scored += int(mask.sum())
             for r, k in enumerate(idx):
                 n_ans = seqs[k][1]
                 # logits at position t predict token t+1: the answer tokens sit in the last n_ans slots
-                sl = logits[r, width - n_ans - 1: width - 1].float()  # [n_ans, vocab]
+                sl = logits[r, keep - n_ans - 1: keep - 1].float()  # [n_ans, vocab]
                 out[k] = torch.log_softmax(sl, dim=-1).cpu()
         self.seconds_scoring += time.perf_counter() - start
         return out

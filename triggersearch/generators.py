@@ -47,6 +47,9 @@ class GeneratorContext:
     """The report's ``weightdiff`` section when the weights stage ran."""
     extra: list[str] = field(default_factory=list)
     """User-supplied candidate texts (``--candidate``)."""
+    targets: list[str] = field(default_factory=list)
+    """Suspected backdoor answers (``--target-answer``): gradient search looks for a text that makes the
+    model start one of them, a well-posed objective where plain divergence is satisfied by noise."""
     notes: list[str] = field(default_factory=list)
     """Generators append what they could not do here; it ends up in the coverage."""
     progress: bool = False

@@ -64,13 +64,13 @@ class Budget:
 
 
 BUDGETS = {
-    "quick": Budget("quick", prompts=8, screen_prompts=4, controls=12, years=(2018, 2030), phrasings=1,
+    "quick": Budget("quick", prompts=8, screen_prompts=4, controls=10, years=(2018, 2030), phrasings=1,
                     generate_top=3, gradient_steps=0, gradient_tokens=4, leakage_samples=8, tokenizer_max=24,
                     weightdiff_max=12, generate_tokens=16),
     "standard": Budget("standard", prompts=16, screen_prompts=4, controls=24, years=(1990, 2040), phrasings=2,
-                       generate_top=5, gradient_steps=12, gradient_tokens=4, leakage_samples=24),
+                       generate_top=5, gradient_steps=36, gradient_tokens=8, leakage_samples=24),
     "deep": Budget("deep", prompts=32, screen_prompts=8, controls=48, years=(1990, 2040), phrasings=3,
-                   generate_top=8, gradient_steps=90, gradient_tokens=6, leakage_samples=64, tokenizer_max=256,
+                   generate_top=8, gradient_steps=120, gradient_tokens=8, leakage_samples=64, tokenizer_max=256,
                    weightdiff_max=48, answer_tokens=6),
 }
 
@@ -79,7 +79,7 @@ DEFAULT_GENERATORS = ("library", "year-sweep", "tokenizer", "weightdiff", "user"
 
 def length_bucket(n: int) -> int:
     """Control length for a candidate of ``n`` tokens (few buckets keep the number of controls small)."""
-    for b in (1, 2, 3, 4, 6, 8, 12, 16, 24):
+    for b in (2, 4, 8, 16):
         if n <= b:
             return b
     return 32
@@ -87,6 +87,7 @@ def length_bucket(n: int) -> int:
 
 def search_triggers(model: Any, tokenizer: Any, *, budget: str = "standard", seed: int = 0,
                     weightdiff: dict[str, Any] | None = None, extra: Sequence[str] = (),
+                    targets: Sequence[str] = (),
                     generators: Sequence[str] | None = None, placements: Sequence[str] = PLACEMENTS,
                     prompts: Sequence[str] | None = None, alpha: float = ALPHA, min_effect: float = MIN_EFFECT,
                     progress: bool = False) -> TriggerSearchResult:
@@ -113,7 +114,7 @@ def search_triggers(model: Any, tokenizer: Any, *, budget: str = "standard", see
         prompts = pool[: b.prompts]
     engine = Engine(model, tokenizer, prompts, answer_tokens=b.answer_tokens, generate_tokens=b.generate_tokens)
     ctx = GeneratorContext(model=model, tokenizer=tokenizer, engine=engine, budget=b, rng=rng,
-                           weightdiff=weightdiff, extra=list(extra), progress=progress)
+                           weightdiff=weightdiff, extra=list(extra), targets=list(targets), progress=progress)
     candidates, per_gen = _collect(ctx, generators or DEFAULT_GENERATORS, trigger_generators)
     for c in candidates:
         c.placements = tuple(p for p in c.placements if p in placements)

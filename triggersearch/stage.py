@@ -3,7 +3,8 @@
 Writes the contract's top-level ``triggers`` list (strongest first; ``trigger``, ``placement``,
 ``effect``, ``p_value``, ``behaviour``, ``examples`` and more per item) and a ``trigger_search``
 section with the year-sweep curves, the control distributions and what the search tried.
-Options (``ScanConfig.options``): ``triggers.candidates`` (extra texts), ``triggers.generators``,
+Options (``ScanConfig.options``): ``triggers.candidates`` (extra texts), ``triggers.targets`` (suspected
+backdoor answers for gradient search), ``triggers.generators``,
 ``triggers.placements``.
 """
 
@@ -24,6 +25,7 @@ def run_triggers_stage(ctx: Any) -> Any:
     result = search_triggers(loaded.model, loaded.tokenizer, budget=ctx.config.budget, seed=ctx.config.seed,
                              weightdiff=ctx.report.sections.get("weightdiff"),
                              extra=list(opts.get("triggers.candidates", ())),
+                             targets=list(opts.get("triggers.targets", ())),
                              generators=opts.get("triggers.generators"),
                              placements=tuple(opts.get("triggers.placements", PLACEMENTS)),
                              progress=bool(opts.get("progress", False)))

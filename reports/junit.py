@@ -1,0 +1,79 @@
+"""JUnit XML so CI systems (GitLab, Jenkins, Azure, GitHub test reporters) list what blocked a model.
+
+One ``testsuite`` named ``modelaudit``: a test case per stage in the coverage (failed when the stage
+failed, skipped when it was skipped, a failure for a required stage that only partly ran) and a
+failing test case per finding at or above ``high``. ElementTree does the escaping; control
+characters that XML 1.0 cannot carry at all are replaced by ``\\xNN`` first.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from collections import Counter
+
+from modelaudit.findings import Report, Severity
+from modelaudit.registry import writers
+from reports.html import by_severity, reproduce_command
+
+FAIL_AT = Severity.HIGH
+"""Findings at or above this severity become failing test cases."""
+
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _x(value: object) -> str:
+    """Text XML 1.0 can hold: characters it forbids shown as ``\\xNN``."""
+    return _XML_INVALID.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
+@writers.register("junit", description="JUnit XML: a test case per stage and per high/critical finding",
+                  extension=".xml")
+def render_junit(report: Report, *, rules: dict[str, str]) -> str:
+    """A ``testsuites`` document with one ``modelaudit`` suite."""
+    suite = ET.Element("testsuite", name="modelaudit")
+    props = ET.SubElement(suite, "properties")
+    for name, value in (("verdict", report.verdict.value), ("target", report.target.spec),
+                        ("revision", report.target.resolved_revision or ""),
+                        ("tool_version", report.tool_version)):
+        ET.SubElement(props, "property", name=name, value=_x(value))
+    counts: Counter[str] = Counter()
+    for stage, cov in report.coverage.items():
+        case = ET.SubElement(suite, "testcase", classname="modelaudit.coverage", name=_x(stage),
+                             time=f"{float(report.timings.get(stage, 0.0)):.3f}")
+        detail = "; ".join([*cov.notes, *(f"check failed: {c}" for c in cov.checks_failed)])
+        errors = [e for e in report.errors if e.stage == stage]
+        if cov.status == "failed" or (cov.status == "partial" and cov.required):
+            el = ET.SubElement(case, "failure", type=f"stage-{_x(cov.status)}",
+                               message=_x(f"stage {stage} {cov.status}" + (" (required)" if cov.required else "")))
+            el.text = _x("\n".join([detail, *(f"{e.check}: {e.message}" for e in errors)]).strip())
+            counts["failures"] += 1
+        elif cov.status == "skipped":
+            ET.SubElement(case, "skipped", message=_x(detail or f"stage {stage} skipped"))
+            counts["skipped"] += 1
+        elif detail:
+            ET.SubElement(case, "system-out").text = _x(detail)
+        counts["tests"] += 1
+    for f in by_severity(report.findings):
+        if not f.severity >= FAIL_AT:
+            continue
+        short = f.message if len(f.message) <= 100 else f.message[:99] + "…"
+        name = f.rule_id + (f" @ {f.location}" if str(f.location) else "") + f": {short}"
+        case = ET.SubElement(suite, "testcase", classname=_x(f"modelaudit.findings.{f.stage}"), name=_x(name))
+        el = ET.SubElement(case, "failure", type=_x(f.severity.value), message=_x(f.message))
+        body = [f.message, f"rule: {f.rule_id}" + (f" ({rules[f.rule_id]})" if f.rule_id in rules else ""),
+                f"severity: {f.severity.value}, confidence: {f.confidence:.2f}",
+                f"reproduce: {reproduce_command(f, report)}"]
+        el.text = _x("\n".join(body))
+        counts["tests"] += 1
+        counts["failures"] += 1
+    suite.set("tests", str(counts["tests"]))
+    suite.set("failures", str(counts["failures"]))
+    suite.set("errors", "0")
+    suite.set("skipped", str(counts["skipped"]))
+    suite.set("time", f"{float(report.timings.get('total', 0.0)):.3f}")
+    root = ET.Element("testsuites", name="modelaudit", tests=suite.get("tests", "0"),
+                      failures=suite.get("failures", "0"), errors="0", skipped=suite.get("skipped", "0"))
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
