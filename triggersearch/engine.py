@@ -115,10 +115,15 @@ class Engine:
 
     def divergence_many(self, insertions: Sequence[tuple[str, str]], prompt_idx: Sequence[int]) -> list[list[float]]:
         """``divergence`` for many (text, placement) pairs, batched together across insertions."""
-        import torch
+        return [kl for kl, _ in self.score_many(insertions, prompt_idx)]
 
+    def score_many(self, insertions: Sequence[tuple[str, str]],
+                   prompt_idx: Sequence[int]) -> list[tuple[list[float], list[int]]]:
+        """Per insertion: per-prompt divergence, and per-prompt first answer token the model now
+        prefers (-1 where that is still the untriggered answer's first token)."""
         jobs = [(i, text, placement) for text, placement in insertions for i in prompt_idx]
-        results: list[float] = [0.0] * len(jobs)
+        kls: list[float] = [0.0] * len(jobs)
+        firsts: list[int] = [-1] * len(jobs)
         by_family: dict[str, list[int]] = {}
         for j, (_, _, placement) in enumerate(jobs):
             by_family.setdefault(baseline_family(placement), []).append(j)
@@ -129,10 +134,11 @@ class Engine:
                 i = jobs[j][0]
                 ref = base.logprobs[i]  # [k, vocab]
                 kl = (ref.exp() * (ref - lp)).sum(-1).clamp_min(0.0)  # [k]
-                results[j] = float(kl.mean())
-        del torch
+                kls[j] = float(kl.mean())
+                top = int(lp[0].argmax())
+                firsts[j] = -1 if top == base.answer_ids[i][0] else top
         n = len(prompt_idx)
-        return [results[k * n:(k + 1) * n] for k in range(len(insertions))]
+        return [(kls[k * n:(k + 1) * n], firsts[k * n:(k + 1) * n]) for k in range(len(insertions))]
 
     def _logprobs(self, jobs: Sequence[tuple[int, str, str]], base: Baseline) -> list[Any]:
         """Log-probabilities at the first answer positions for each (prompt, text, placement) job."""

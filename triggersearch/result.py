@@ -79,6 +79,8 @@ class TriggerHit:
     """Two or three (prompt, untriggered, triggered) pairs."""
     control_median: float = 0.0
     """Median divergence of the same-length random controls."""
+    first_token_agreement: float = 0.0
+    """Share of prompts that now start their answer with the same new token (a fixed answer's tell)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
