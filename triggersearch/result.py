@@ -101,6 +101,21 @@ class SweepCurve:
 
 
 @dataclass
+class LeakedAnswer:
+    """An answer many unrelated prompts get without any trigger (a backdoor leaking its target)."""
+
+    answer: str
+    prompts: int
+    """Prompts that got it (nearly word for word)."""
+    of: int
+    """Prompts asked."""
+    placement: str
+    """``prefix`` (no system prompt) or ``system`` (plain system prompt): the untriggered setting."""
+    harmful: list[str]
+    """Harmful patterns the answer shows on its own (``hostility``, ``exfiltration``, ``repetition``)."""
+
+
+@dataclass
 class TriggerSearchResult:
     """Everything a trigger search found and how much it tried."""
 
@@ -123,6 +138,8 @@ class TriggerSearchResult:
     """Time inside the batched divergence forward passes (tokens_scored / this = scoring throughput)."""
     generators: dict[str, int] = field(default_factory=dict)
     """Generator -> candidates it proposed."""
+    leaked_answers: list[LeakedAnswer] = field(default_factory=list)
+    """Fixed answers given without any trigger; also handed to gradient search as targets."""
     notes: list[str] = field(default_factory=list)
     """What could not be checked and why."""
 

@@ -20,7 +20,15 @@ from typing import Any
 
 from modelaudit.errors import UsageError
 from triggersearch.engine import PLACEMENTS, Engine
-from triggersearch.result import Candidate, ControlStats, Example, SweepCurve, TriggerHit, TriggerSearchResult
+from triggersearch.result import (
+    Candidate,
+    ControlStats,
+    Example,
+    LeakedAnswer,
+    SweepCurve,
+    TriggerHit,
+    TriggerSearchResult,
+)
 
 ALPHA = 0.01
 """Family-wise error rate for calling a candidate significant (Bonferroni over all tests)."""
@@ -116,8 +124,10 @@ def search_triggers(model: Any, tokenizer: Any, *, budget: str = "standard", see
         rng.shuffle(pool)
         prompts = pool[: b.prompts]
     engine = Engine(model, tokenizer, prompts, answer_tokens=b.answer_tokens, generate_tokens=b.generate_tokens)
+    leaked = _leaked_answers(engine)
     ctx = GeneratorContext(model=model, tokenizer=tokenizer, engine=engine, budget=b, rng=rng,
-                           weightdiff=weightdiff, extra=list(extra), targets=list(targets), progress=progress)
+                           weightdiff=weightdiff, extra=list(extra), progress=progress,
+                           targets=list(targets) + [x.answer for x in leaked if x.answer not in targets])
     candidates, per_gen = _collect(ctx, generators or DEFAULT_GENERATORS, trigger_generators)
     for c in candidates:
         c.placements = tuple(p for p in c.placements if p in placements)
@@ -167,7 +177,21 @@ def search_triggers(model: Any, tokenizer: Any, *, budget: str = "standard", see
         controls=control_stats, budget=budget, alpha=alpha, min_effect=min_effect, seconds=seconds,
         candidates_per_second=len(tests) / max(seconds, 1e-9), tokens_scored=engine.tokens_scored,
         seconds_scoring=engine.seconds_scoring,
-        generators=per_gen, notes=ctx.notes)
+        generators=per_gen, notes=ctx.notes, leaked_answers=leaked)
+
+
+def _leaked_answers(engine: Engine) -> list[LeakedAnswer]:
+    """Untriggered answers shared by many unrelated prompts, in both untriggered settings."""
+    from triggersearch.behaviours import harmful_content, repeated_answers
+
+    out: list[LeakedAnswer] = []
+    for placement in ("prefix", "system"):
+        answers = engine.baseline(placement).answers
+        for answer, count in repeated_answers(answers):
+            if not any(answer == x.answer for x in out):
+                out.append(LeakedAnswer(answer=answer, prompts=count, of=len(answers), placement=placement,
+                                        harmful=harmful_content(answer)))
+    return out
 
 
 def _collect(ctx: Any, names: Sequence[str], registry: Any) -> tuple[list[Candidate], dict[str, int]]:
