@@ -91,12 +91,15 @@ def scan_in_child(path: str, *, base: str | None, stages: str, budget: str, out:
     if base:
         cmd += ["--base", base]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    log = out.with_suffix(".stderr")
+    with open(log, "wb") as err:  # a file, not a pipe: an unread pipe blocks a child that writes a lot
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.stderr is not None:
-        proc.stderr.close()
+    if proc.returncode not in (0, 1):
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        print(f"modelaudit bench: {path}: exit {proc.returncode}: {tail[0]}", file=sys.stderr)
     return proc.returncode, seconds, usage.ru_maxrss / 1024
 
 

@@ -86,12 +86,21 @@ def by_severity(findings: list[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda f: (-f.severity.rank, f.rule_id, str(f.location)))
 
 
+def _rows(report: Report, section: str, key: str | None = None) -> list[dict[str, Any]]:
+    """The dict rows of a section's list (``section`` itself, or ``section[key]``); [] when absent or malformed.
+
+    Reports are untrusted input to a renderer (``modelaudit report`` reads any JSON), so every plot
+    takes its data through here instead of trusting the shape.
+    """
+    data = report.sections.get(section)
+    if key is not None:
+        data = data.get(key) if isinstance(data, dict) else None
+    return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
+
+
 def significant_triggers(report: Report) -> list[dict[str, Any]]:
     """Rows of section ``triggers`` flagged significant, in report order (strongest first)."""
-    rows = report.sections.get("triggers")
-    if not isinstance(rows, list):
-        return []
-    return [r for r in rows if isinstance(r, dict) and r.get("significant")]
+    return [r for r in _rows(report, "triggers") if r.get("significant")]
 
 
 # --- plots -------------------------------------------------------------------------------------------
@@ -123,9 +132,9 @@ def _log_axis(ax: Any) -> None:
 def _effects_plot(report: Report, plt: Any) -> Markup | None:
     """Candidates' effects against the controls' scores divided by their median, per placement, log scale."""
     search = report.sections.get("trigger_search")
-    rows = report.sections.get("triggers")
-    controls = search.get("controls") if isinstance(search, dict) else None
-    if not isinstance(controls, list) or not controls or not isinstance(rows, list):
+    rows = _rows(report, "triggers")
+    controls = _rows(report, "trigger_search", "controls")
+    if not controls or not isinstance(report.sections.get("triggers"), list):
         return None
     placements: list[str] = []
     ratios: dict[str, list[float]] = {}
@@ -190,11 +199,7 @@ def _effects_plot(report: Report, plt: Any) -> Markup | None:
 
 def _sweep_plot(report: Report, plt: Any) -> Markup | None:
     """Effect by year, one line per phrasing and placement, the step year marked."""
-    search = report.sections.get("trigger_search")
-    sweeps = search.get("sweeps") if isinstance(search, dict) else None
-    if not isinstance(sweeps, list):
-        return None
-    sweeps = [s for s in sweeps if isinstance(s, dict) and s.get("years") and s.get("effects")]
+    sweeps = [s for s in _rows(report, "trigger_search", "sweeps") if s.get("years") and s.get("effects")]
     if not sweeps:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
@@ -221,11 +226,7 @@ def _sweep_plot(report: Report, plt: Any) -> Markup | None:
 
 def _weight_plot(report: Report, plt: Any) -> Markup | None:
     """Relative weight change per layer as bars."""
-    wd = report.sections.get("weightdiff")
-    layers = wd.get("layers") if isinstance(wd, dict) else None
-    if not isinstance(layers, list):
-        return None
-    layers = [la for la in layers if isinstance(la, dict) and isinstance(la.get("relative_change"), (int, float))]
+    layers = [la for la in _rows(report, "weightdiff", "layers") if isinstance(la.get("relative_change"), (int, float))]
     if not layers:
         return None
     fig, ax = plt.subplots(figsize=(max(4.0, min(12.0, 0.5 * len(layers) + 2)), 3.2))
@@ -242,11 +243,7 @@ def _weight_plot(report: Report, plt: Any) -> Markup | None:
 
 def _probe_plot(report: Report, plt: Any) -> Markup | None:
     """Held-out AUROC per layer for each candidate and method, with the random-direction baseline."""
-    probes = report.sections.get("probes")
-    cands = probes.get("candidates") if isinstance(probes, dict) else None
-    if not isinstance(cands, list):
-        return None
-    cands = [c for c in cands if isinstance(c, dict) and any(
+    cands = [c for c in _rows(report, "probes", "candidates") if any(
         isinstance(r, dict) and r.get("layers") for r in c.get("results") or [])][:6]
     if not cands:
         return None

@@ -68,6 +68,7 @@ class Engine:
         self.seconds_scoring = 0.0
         self._baselines: dict[str, Baseline] = {}
         self._prompt_ids: dict[tuple[str, str, int], list[int]] = {}
+        self._pool: list[int] | None = None
 
     # ------------------------------------------------------------------------------------- texts
 
@@ -188,7 +189,7 @@ class Engine:
 
     def control_texts(self, length: int, count: int, rng: random.Random) -> list[str]:
         """Random insertions of ``length`` ordinary vocabulary tokens: the null distribution's samples."""
-        pool = self._ordinary_tokens()
+        pool = self.ordinary_tokens()
         out = []
         for _ in range(count * 3):
             text = self.tokenizer.decode([rng.choice(pool) for _ in range(length)]).strip()
@@ -198,8 +199,9 @@ class Engine:
                 break
         return out
 
-    def _ordinary_tokens(self) -> list[int]:
-        if not hasattr(self, "_pool"):
+    def ordinary_tokens(self) -> list[int]:
+        """Vocabulary ids that decode to printable, non-special text: what controls and GCG draw from."""
+        if self._pool is None:
             special = set(self.tokenizer.all_special_ids)
             pool = []
             for tid in range(len(self.tokenizer)):

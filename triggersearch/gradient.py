@@ -140,7 +140,7 @@ def gcg_candidates(ctx: Any) -> list[Candidate]:
     ctx.rng.shuffle(prompts)
     opt = Engine(ctx.model, ctx.tokenizer, prompts[:OPT_PROMPTS], answer_tokens=POSITIONS,
                  generate_tokens=POSITIONS + 1)
-    pool = ctx.engine._ordinary_tokens()
+    pool = ctx.engine.ordinary_tokens()
     targets = [ctx.tokenizer(t, add_special_tokens=False)["input_ids"] for t in ctx.targets if t.strip()]
     runs: list[tuple[str, list[int] | None]] = [(pl, t) for t in targets for pl in PLACEMENTS] or \
         [(pl, None) for pl in PLACEMENTS]

@@ -166,7 +166,7 @@ def search_triggers(model: Any, tokenizer: Any, *, budget: str = "standard", see
     chosen |= {h.trigger for h in _diverse(list(by_collapse.values()), b.generate_top)}
     chosen_hits = [h for h in hits if h.trigger in chosen
                    and (h.z >= SCREEN_Z or h.first_token_agreement >= COLLAPSE)]
-    _add_behaviour(engine, chosen_hits, rng, b, len(tests), alpha)  # at every placement that looked promising
+    _add_behaviour(engine, chosen_hits, screen, rng, b, len(tests), alpha)  # at every promising placement
     best = _best_per_candidate(hits)
     sweeps = _sweeps(hits, b)
     seconds = time.perf_counter() - start
@@ -345,8 +345,8 @@ GEN_CONTROLS = 3
 """Control insertions generated per (placement, token length) for the behaviour test."""
 
 
-def _add_behaviour(engine: Engine, hits: Sequence[TriggerHit], rng: random.Random, b: Budget, n_tests: int,
-                   alpha: float) -> None:
+def _add_behaviour(engine: Engine, hits: Sequence[TriggerHit], scores: dict[tuple[str, str], list[float]],
+                   rng: random.Random, b: Budget, n_tests: int, alpha: float) -> None:
     """Generate answers with each top candidate and with same-length controls; name and test what changed.
 
     For each detector the share of prompts it flags with the candidate is compared with its share
@@ -410,8 +410,10 @@ def _add_behaviour(engine: Engine, hits: Sequence[TriggerHit], rng: random.Rando
                  for i in range(n)]
         h.fired_fraction = sum(fired) / n
         trig = answers[job]
-        scores = engine.divergence(h.trigger, h.placement, range(n))
-        order = sorted(range(n), key=lambda i: (not fired[i], -scores[i]))[:3]
+        per_prompt = scores[job]  # survivors were scored on every prompt
+        if len(per_prompt) < n:
+            per_prompt = engine.divergence(h.trigger, h.placement, range(n))
+        order = sorted(range(n), key=lambda i: (not fired[i], -per_prompt[i]))[:3]
         h.examples = [Example(prompt=engine.prompts[i], untriggered=base[i], triggered=trig[i]) for i in order]
 
 

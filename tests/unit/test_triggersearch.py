@@ -86,7 +86,7 @@ def test_gcg_improves_its_objective(tiny_zoo) -> None:
         p.requires_grad_(False)
     engine = Engine(lm.model, lm.tokenizer, [p.prompt for p in benign_prompts("train")[:4]], answer_tokens=2,
                     generate_tokens=3)
-    pool = engine._ordinary_tokens()
+    pool = engine.ordinary_tokens()
     rng = random.Random(3)
     start = [random.Random(3).choice(pool) for _ in range(3)]
     obj = _Objective(engine, "prefix")
