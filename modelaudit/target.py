@@ -144,18 +144,16 @@ def _entry(root: Path, rel: str) -> FileEntry:
     return FileEntry(path=rel, size=size, sha256=digest.hexdigest(), content_type=sniff(path, head[:65536], size))
 
 
-def sniff(path: Path, head: bytes, size: int) -> str:
-    """Content type from the leading bytes; the extension is only a tie-breaker for plain text."""
-    if size == 0:
-        return "empty"
+def magic(head: bytes) -> str | None:
+    """Format named by leading bytes alone; None when they name none.
+
+    The one magic-byte table: file sniffing below and the pickle scanner's walk through nested
+    containers (whose members have no path to look at) both read it.
+    """
     if head.startswith(b"GGUF"):
         return "gguf"
-    if len(head) >= 9:
-        (n,) = struct.unpack("<Q", head[:8])
-        if head[8:9] == b"{" and 0 < n <= size - 8:
-            return "safetensors"
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        return _sniff_zip(path)
+        return "zip"
     if head.startswith(b"\x7fELF"):
         return "elf"
     if head.startswith(b"MZ"):
@@ -166,10 +164,30 @@ def sniff(path: Path, head: bytes, size: int) -> str:
         return "numpy"
     if head.startswith(b"\x1f\x8b"):
         return "gzip"
+    if head.startswith(b"BZh"):
+        return "bz2"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
     if len(head) > 262 and head[257:262] == b"ustar":
         return "tar"
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "pickle"
+    return None
+
+
+def sniff(path: Path, head: bytes, size: int) -> str:
+    """Content type from the leading bytes; the extension is only a tie-breaker for plain text."""
+    if size == 0:
+        return "empty"
+    if len(head) >= 9 and not head.startswith(b"GGUF"):
+        (n,) = struct.unpack("<Q", head[:8])
+        if head[8:9] == b"{" and 0 < n <= size - 8:
+            return "safetensors"
+    kind = magic(head)
+    if kind == "zip":
+        return _sniff_zip(path)
+    if kind is not None:
+        return kind
     if head[:1] and head[0] in _PICKLE_FIRST_OPCODES and size <= _PICKLE_SNIFF_LIMIT and _parses_as_pickle(path):
         return "pickle"
     text = _as_text(head)
@@ -178,7 +196,9 @@ def sniff(path: Path, head: bytes, size: int) -> str:
     stripped = text.lstrip()
     if stripped.startswith(("{", "[")):
         return "json"
-    if path.suffix == ".py" or stripped.startswith("#!"):
+    if stripped.startswith("#!"):  # the interpreter line says what runs it
+        return "python" if "python" in stripped.split("\n", 1)[0] else "script"
+    if path.suffix == ".py":
         return "python"
     return "text"
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from modelaudit.findings import Finding, Location, Severity
 from modelaudit.static.base import StaticContext, static_check
+from modelaudit.static.safetensors_integrity import INDEX_SUFFIX as SAFETENSORS_INDEX_SUFFIX
 
 P = "static.config-card"
 R_CONFIG_MISSING = f"{P}.config-missing"
@@ -367,7 +368,9 @@ def weight_findings(ctx: StaticContext, declares_model: bool) -> Iterator[Findin
                           f"reads it as weights and it could not be scanned",
                           location=Location(path=entry.path), evidence={"content_type": entry.content_type})
     for entry in ctx.files:
-        if entry.path.endswith(".index.json"):
+        # static.safetensors owns safetensors indexes (it also checks the shards' headers); two checks
+        # reporting the same missing shard made one problem read as two
+        if entry.path.endswith(".index.json") and not entry.path.endswith(SAFETENSORS_INDEX_SUFFIX):
             yield from _index_findings(ctx, entry.path)
     if declares_model and not _weights_present(ctx):
         yield Finding(R_NO_WEIGHTS, Severity.MEDIUM,

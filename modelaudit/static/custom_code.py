@@ -611,20 +611,8 @@ def analyse_source(source: str, path: str) -> FileAnalysis:
 
 
 def _python_files(ctx: StaticContext) -> list[FileEntry]:
-    """.py files, and extension-less files with a python shebang (other shebang scripts are not Python)."""
-    out = []
-    for entry in ctx.files:
-        if entry.path.lower().endswith(".py"):
-            out.append(entry)
-        elif entry.content_type == "python":
-            try:
-                with open(ctx.path(entry.path), "rb") as fh:
-                    first = fh.readline(256)
-            except OSError:
-                continue
-            if first.startswith(b"#!") and b"python" in first:
-                out.append(entry)
-    return out
+    """.py files, and extension-less files whose shebang names python (``target.sniff`` tells them apart)."""
+    return [e for e in ctx.files if e.path.lower().endswith(".py") or e.content_type == "python"]
 
 
 def _read_source(ctx: StaticContext, entry: FileEntry) -> tuple[str | None, str | None]:

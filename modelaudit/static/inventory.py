@@ -49,10 +49,11 @@ def check_files(ctx: StaticContext) -> Iterator[Finding]:
             yield Finding("static.files.native-code", Severity.HIGH,
                           f"{entry.path} is a {_NATIVE_CODE[entry.content_type]}; a model needs no native code",
                           location=loc, evidence={"content_type": entry.content_type, "sha256": entry.sha256})
-        elif suffix in _SCRIPT_SUFFIXES:
+        elif suffix in _SCRIPT_SUFFIXES or entry.content_type == "script":
+            what = f"a {suffix} file" if suffix in _SCRIPT_SUFFIXES else "a script (its first line names an interpreter)"
             yield Finding("static.files.script", Severity.MEDIUM,
-                          f"{entry.path} is a {suffix} file; review it before anything runs it",
-                          location=loc, evidence={"suffix": suffix})
+                          f"{entry.path} is {what}; review it before anything runs it",
+                          location=loc, evidence={"suffix": suffix, "content_type": entry.content_type})
         expected = _EXPECTED.get(suffix)
         if entry.content_type == "empty":
             if suffix in _EXPECTED or suffix == ".safetensors":

@@ -39,6 +39,7 @@ from modelaudit_picklescan import PickleReport, PickleScanner, ScanOptions, Scan
 
 from modelaudit.findings import FileEntry, Finding, Location, Severity
 from modelaudit.static.base import StaticContext, static_check
+from modelaudit.target import magic
 
 RULES = {
     "static.pickle.dangerous-call": "A pickle invokes a callable that can execute code (directly or via getattr)",
@@ -58,7 +59,7 @@ RULES = {
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"})
 # Content types that are never unpickled by their loaders, whatever their extension says.
 _NEVER_PICKLE = frozenset({"safetensors", "gguf", "json", "empty", "elf", "pe", "macho"})
-_CONTAINER_TYPES = frozenset({"pickle", "pytorch-zip", "zip", "zip-corrupt", "gzip", "tar", "numpy"})
+_CONTAINER_TYPES = frozenset({"pickle", "pytorch-zip", "zip", "zip-corrupt", "gzip", "bz2", "xz", "tar", "numpy"})
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _STORAGE_MEMBER = re.compile(r"(^|/)data/\d+$")
 _VALID_FIRST_BYTES = frozenset(op.code.encode("latin-1")[0] for op in pickletools.opcodes)
@@ -700,6 +701,8 @@ def _report_engine(report: PickleReport, p: Payload, a: StreamAnalysis, out: _Fi
 # --- containers ----------------------------------------------------------------------------------------
 
 _ZLIB_NAMES = PICKLE_SUFFIXES | {".z", ".zlib"}
+_WALKED = frozenset({"zip", "gzip", "bz2", "xz", "tar", "pickle"})
+"""Kinds of ``target.magic`` that the walk opens (besides npy and zlib)."""
 
 
 # What zipfile raises on hostile archives: unsupported versions/methods, encryption, bad CRCs, lying sizes.
@@ -707,7 +710,7 @@ _ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplemented
 
 
 def _kind(head: bytes, name: str = "") -> str | None:
-    """Container or pickle kind by magic bytes; None when nothing here says it holds a pickle.
+    """Container or pickle kind by magic bytes (``target.magic``); None when nothing here says it holds a pickle.
 
     A bare zlib stream has only a two-byte header, so it is believed only for joblib/pickle-like names
     (``joblib.dump(..., compress=3)`` writes one).
@@ -715,21 +718,10 @@ def _kind(head: bytes, name: str = "") -> str | None:
     if len(head) >= 2 and head[0] == 0x78 and (head[0] << 8 | head[1]) % 31 == 0 \
             and PurePosixPath(name).suffix.lower() in _ZLIB_NAMES:
         return "zlib"
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        return "zip"
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip"
-    if head.startswith(b"BZh"):
-        return "bz2"
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return "xz"
-    if len(head) > 262 and head[257:262] == b"ustar":
-        return "tar"
-    if head.startswith(b"\x93NUMPY"):
+    kind = magic(head)
+    if kind == "numpy":
         return "npy"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return "pickle"
-    return None
+    return kind if kind in _WALKED else None
 
 
 def _may_hold_pickle(head: bytes, name: str) -> bool:
@@ -1011,7 +1003,7 @@ def wants_scan(root: Path, entry: FileEntry) -> bool:
         return False
     if Path(entry.path).suffix.lower() in PICKLE_SUFFIXES:
         return True
-    return entry.content_type == "binary" and _kind(_head(root / entry.path), entry.path) in {"bz2", "xz", "zlib"}
+    return entry.content_type == "binary" and _kind(_head(root / entry.path), entry.path) == "zlib"
 
 
 def scan_file(root: Path, entry: FileEntry, *, limits: PickleLimits = DEFAULT_LIMITS) -> list[Finding]:

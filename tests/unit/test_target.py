@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bz2
 import hashlib
+import lzma
 import os
 import pickle
 import struct
@@ -116,11 +118,17 @@ def test_sniffing_by_bytes_not_extension(tmp_path: Path) -> None:
         zf.writestr("readme.txt", "x")
     (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04garbage")
     (tmp_path / "empty.bin").write_bytes(b"")
+    (tmp_path / "run").write_text("#!/usr/bin/env python3\nprint(1)\n")
+    (tmp_path / "install").write_text("#!/bin/sh\necho python is not the interpreter here\n")
+    (tmp_path / "tool.py").write_text("print(1)\n")
+    (tmp_path / "state.bin").write_bytes(bz2.compress(pickle.dumps([1])))
+    (tmp_path / "state2.bin").write_bytes(lzma.compress(pickle.dumps([1])))
     types = {e.path: e.content_type for e in inventory(tmp_path)}
     assert types == {
         "model.safetensors": "pickle", "real.bin": "safetensors", "proto0.dat": "pickle", "notes.txt": "text",
         "config.json": "json", "lib.so": "elf", "ckpt.pt": "pytorch-zip", "plain.zip": "zip",
-        "broken.zip": "zip-corrupt", "empty.bin": "empty",
+        "broken.zip": "zip-corrupt", "empty.bin": "empty", "run": "python", "install": "script", "tool.py": "python",
+        "state.bin": "bz2", "state2.bin": "xz",
     }
 
 
