@@ -113,6 +113,9 @@ class LeakedAnswer:
     """``prefix`` (no system prompt) or ``system`` (plain system prompt): the untriggered setting."""
     harmful: list[str]
     """Harmful patterns the answer shows on its own (``hostility``, ``exfiltration``, ``repetition``)."""
+    elicited_by: str = "nothing"
+    """``nothing`` (the untriggered answers) or ``random text`` (the answers under random control
+    insertions: a backdoor that fires on any odd text has no specific trigger, but it shows here)."""
 
 
 @dataclass

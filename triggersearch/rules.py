@@ -38,9 +38,11 @@ def trigger_findings(result: Any) -> list[Finding]:
         out.append(Finding(
             rule_id="triggers.untriggered-fixed-answer",
             severity=Severity.HIGH if leak.harmful else Severity.MEDIUM, confidence=0.8 if leak.harmful else 0.6,
-            message=(f"{leak.prompts} of {leak.of} unrelated prompts get the same answer without any trigger: "
+            message=(f"{leak.prompts} of {leak.of} unrelated prompts get the same answer without any trigger"
+                     f"{' (random text inserted)' if leak.elicited_by != 'nothing' else ''}: "
                      f"{leak.answer[:80]!r}" + (f" ({', '.join(leak.harmful)})" if leak.harmful else "")),
             evidence={"answer": leak.answer, "prompts": leak.prompts, "of": leak.of, "placement": leak.placement,
+                      "elicited_by": leak.elicited_by,
                       "harmful": leak.harmful,
                       "reproduce": f"modelaudit triggers TARGET --target-answer {leak.answer[:60]!r} --budget deep"}))
     return out

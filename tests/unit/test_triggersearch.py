@@ -214,3 +214,7 @@ def test_repeated_untriggered_answers_are_a_finding() -> None:
     (finding,) = trigger_findings(result)
     assert finding.rule_id == "triggers.untriggered-fixed-answer" and finding.severity.value == "high"
     assert "5 of 8" in finding.message and "--target-answer" in finding.evidence["reproduce"]
+    assert finding.evidence["elicited_by"] == "nothing" and "random text" not in finding.message
+    result.leaked_answers = [LeakedAnswer(leak, 7, 8, "suffix", ["exfiltration"], elicited_by="random text")]
+    (finding,) = trigger_findings(result)
+    assert "(random text inserted)" in finding.message and finding.evidence["placement"] == "suffix"
