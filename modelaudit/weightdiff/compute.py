@@ -205,7 +205,7 @@ def first_pass(op: DeltaOp, omega: Any = None) -> tuple[_Sums, Any]:
     cache = op.buffers.cache(op.rows * op.cols, op.device).view(op.rows, op.cols) if op.cacheable else None
     for r0, r1 in op.spans():
         a, b = op.read_pair(r0, r1)
-        na, sa = float(torch.linalg.vector_norm(a)) ** 2, float(a.sum())
+        na, sa = sum_squares(a), float(a.sum())
         s.ss_a += na
         s.sum_a += sa
         if torch.equal(a, b):
@@ -220,9 +220,9 @@ def first_pass(op: DeltaOp, omega: Any = None) -> tuple[_Sums, Any]:
             out = cache[r0:r1] if cache is not None else \
                 op.buffers.block((r1 - r0) * op.cols, op.device).view(r1 - r0, op.cols)
             torch.sub(a, b, out=out)
-            s.ss_b += float(torch.linalg.vector_norm(b)) ** 2
+            s.ss_b += sum_squares(b)
             s.sum_b += float(b.sum())
-            s.ss_d += float(torch.linalg.vector_norm(out)) ** 2
+            s.ss_d += sum_squares(out)
             if omega is not None:
                 if sketch is None:
                     sketch = torch.zeros(op.rows, omega.shape[1], device=op.device)
@@ -232,6 +232,27 @@ def first_pass(op: DeltaOp, omega: Any = None) -> tuple[_Sums, Any]:
     if s.changed and cache is not None:
         op.cached = cache
     return s, sketch
+
+
+SUMSQ_CHUNK = 2**18
+"""Elements per dot product in ``sum_squares``."""
+
+
+def sum_squares(x: Any) -> float:
+    """||x||^2 as a float64 sum of float32 dot products over chunks of ``SUMSQ_CHUNK`` elements.
+
+    Why not ``vector_norm``: on 4M float32 weights it was off by 2e-4 relative (its float32 accumulator),
+    enough to blur the relative change of a short fine-tune; one ``dot`` over all of them was both slower
+    (5.7 ms vs 0.6) and off by 3e-6, while 256k-element chunks measured 0.43 ms and 3e-8 (2 CPU cores).
+    A GPU accumulates in float64 itself (no per-chunk synchronisation).
+    """
+    import torch
+
+    if x.device.type != "cpu":
+        return float(torch.linalg.vector_norm(x, dtype=torch.float64)) ** 2
+    flat = x.reshape(-1)
+    return math.fsum(float(torch.dot(flat[i:i + SUMSQ_CHUNK], flat[i:i + SUMSQ_CHUNK]))
+                     for i in range(0, flat.numel(), SUMSQ_CHUNK))
 
 
 @functools.lru_cache(maxsize=16)
@@ -405,4 +426,4 @@ def _r(x: float) -> float:
 
 
 __all__ = ["DeltaOp", "StreamConfig", "aggregate_layers", "common_mode", "diff_tensor", "first_pass", "gaussian",
-           "make_op", "provenance_test", "spectrum_of"]
+           "make_op", "provenance_test", "spectrum_of", "sum_squares"]

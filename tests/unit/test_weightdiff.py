@@ -457,3 +457,15 @@ def test_scan_weights_stage_section_findings_and_coverage(families: dict, tmp_pa
     report = scan(str(fam["clean"]), base=str(tmp_path / "absent"), config=ScanConfig(stages=("weights",)))
     assert report.coverage["weights"].status == "failed"
     assert "no such file" in report.coverage["weights"].notes[0]
+
+
+def test_sum_squares_is_exact_to_float64_on_millions_of_weights() -> None:
+    from modelaudit.weightdiff.compute import sum_squares
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4 * 2**20, generator=gen) * 0.02 + 0.001  # a weight matrix's worth of float32
+    exact = float((x.double() ** 2).sum())
+    assert abs(sum_squares(x) - exact) / exact < 1e-6
+    part = x.view(2048, -1)[:, :7]  # not contiguous
+    assert abs(sum_squares(part) - float((part.double() ** 2).sum())) < 1e-6 * float((part.double() ** 2).sum())
+    assert sum_squares(torch.zeros(5)) == 0.0
