@@ -143,8 +143,9 @@ def run_bench(zoo_dir: str | os.PathLike[str], *, stages: str = "static,weights,
 
     ``reports_dir`` keeps each scan's JSON report (``<model>.json``) and its record (exit code, time,
     peak memory: ``<model>.scan.json``) for triage and re-rendering. With ``resume`` a model whose
-    report and record are there is not scanned again: a SmolLM2 bench takes an hour on 2 cores, and an
-    interrupted one, or one re-scored after a change to the scoring, should not start over.
+    report and record are there, with the same stages, budget and model files, is not scanned again: a
+    SmolLM2 bench takes an hour on 2 cores, and an interrupted one, or one re-scored after a change to the
+    scoring, should not start over; a model rebuilt since (``zoo build --only``) is scanned afresh.
     """
     manifest = load_zoo_manifest(zoo_dir)
     base = manifest.get("base")
@@ -158,7 +159,8 @@ def run_bench(zoo_dir: str | os.PathLike[str], *, stages: str = "static,weights,
         for i, m in enumerate(manifest["models"]):
             out = (keep or Path(tmp)) / f"{m['name'] if keep is not None else i}.json"
             record_path = out.with_suffix(".scan.json")
-            record = _kept_record(record_path, stages, budget) if resume and out.is_file() else None
+            fingerprint = model_fingerprint(m["path"])
+            record = _kept_record(record_path, stages, budget, fingerprint) if resume and out.is_file() else None
             if record is not None:
                 if progress:
                     print(f"[{i + 1}/{len(manifest['models'])}] {m['name']}: kept from {out}", file=sys.stderr)
@@ -166,7 +168,7 @@ def run_bench(zoo_dir: str | os.PathLike[str], *, stages: str = "static,weights,
                 out.unlink(missing_ok=True)  # a report left by an earlier bench must not stand in for a failed scan
                 code, secs, rss = scan_in_child(m["path"], base=base, stages=stages, budget=budget, out=out)
                 record = {"exit_code": code, "seconds": round(secs, 2), "peak_rss_mb": round(rss, 1),
-                          "stages": stages, "budget": budget}
+                          "stages": stages, "budget": budget, "model_fingerprint": fingerprint}
                 if keep is not None:
                     record_path.write_text(json.dumps(record) + "\n", encoding="utf-8")
                 if progress:
@@ -188,15 +190,32 @@ def run_bench(zoo_dir: str | os.PathLike[str], *, stages: str = "static,weights,
         stages=stages.split(","), budget=budget)
 
 
-def _kept_record(path: Path, stages: str, budget: str) -> dict[str, Any] | None:
-    """An earlier scan's record, if it ran the same stages at the same budget (a bench never mixes them)."""
+def _kept_record(path: Path, stages: str, budget: str, fingerprint: str) -> dict[str, Any] | None:
+    """An earlier scan's record, if it ran the same stages at the same budget (a bench never mixes them)
+    on the same model files."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or record.get("stages") != stages or record.get("budget") != budget:
         return None
+    if record.get("model_fingerprint") != fingerprint:
+        return None
     return record
+
+
+def model_fingerprint(model_dir: str | os.PathLike[str]) -> str:
+    """Names, sizes and modification times of the files in a model folder, hashed: a rebuilt model (same
+    name, new weights) gets a new fingerprint, and reading stat data costs nothing next to a scan."""
+    import hashlib
+
+    root = Path(model_dir)
+    h = hashlib.sha256()
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root] if root.exists() else []
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(root) if root.is_dir() else p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def _judge(m: dict[str, Any], report: dict[str, Any], record: dict[str, Any]) -> ModelRow:

