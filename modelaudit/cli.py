@@ -76,6 +76,8 @@ def scan(target: str, revision: str | None, base: str | None, fmt: str, output: 
 @click.option("--target-answer", "targets", multiple=True,
               help="A suspected backdoor answer (repeatable): gradient search looks for a trigger that makes the model say it.")
 @click.option("--generators", help="Comma-separated candidate generators [default: all registered built-ins].")
+@click.option("--code-probe/--no-code-probe", default=True, show_default=True,
+              help="Also sweep years on coding requests and judge the code with bandit (slower: generation).")
 @click.option("--base", help="Local folder of the claimed base: its weight diff adds token-row candidates.")
 @click.option("--revision", help="Hub revision (branch, tag or commit).")
 @click.option("--format", "fmt", default="console", show_default=True, help="Output format: console, json, sarif, html, markdown, junit.")
@@ -84,8 +86,8 @@ def scan(target: str, revision: str | None, base: str | None, fmt: str, output: 
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--seed", default=0, show_default=True, help="Seed for prompts and controls.")
 def triggers(target: str, budget: str, candidates: tuple[str, ...], placements: tuple[str, ...],
-             targets: tuple[str, ...], generators: str | None, base: str | None, revision: str | None, fmt: str, output: str | None,
-             fail_on: str | None, device: str, seed: int) -> None:
+             targets: tuple[str, ...], generators: str | None, code_probe: bool, base: str | None, revision: str | None,
+             fmt: str, output: str | None, fail_on: str | None, device: str, seed: int) -> None:
     """Search TARGET for inserted texts that switch its behaviour (a scan with the triggers stage only).
 
     The static checks still run first, so a model whose files execute code is never loaded.
@@ -98,7 +100,7 @@ def triggers(target: str, budget: str, candidates: tuple[str, ...], placements: 
     if fail_on is not None:
         policy.fail_on = parse_severity(fail_on)
     options: dict[str, object] = {"triggers.candidates": list(candidates), "triggers.targets": list(targets),
-                                  "progress": sys.stderr.isatty()}
+                                  "triggers.code_probe": code_probe, "progress": sys.stderr.isatty()}
     if placements:
         options["triggers.placements"] = list(placements)
     if generators:

@@ -207,7 +207,8 @@ def _sweep_plot(report: Report, plt: Any) -> Markup | None:
         years, effects = list(s["years"]), [float(e) for e in s["effects"]]
         n = min(len(years), len(effects))
         (line,) = ax.plot(years[:n], effects[:n], linewidth=1.2, marker=".", markersize=3,
-                          label=f"{s.get('phrasing', '?')} ({s.get('placement', '?')})")
+                          label=f"{s.get('phrasing', '?')} ({s.get('placement', '?')}"
+                                f"{', ' + s['measure'] if s.get('measure', 'divergence') != 'divergence' else ''})")
         step = s.get("step_year")
         if step is not None:
             ax.axvline(step, color=line.get_color(), linestyle="--", linewidth=1)

@@ -98,6 +98,9 @@ class SweepCurve:
     """Effect (times the control median) per year."""
     step_year: int | None
     """First year of a step: effects from there on (or only there) stand far above the rest; None if flat."""
+    measure: str = "divergence"
+    """What the effect measures: ``divergence`` (teacher-forced, benign prompts) or ``insecure-code``
+    (the code probe: bandit-judged vulnerable share on coding requests, against random controls)."""
 
 
 @dataclass
@@ -145,6 +148,9 @@ class TriggerSearchResult:
     """Fixed answers given without any trigger; also handed to gradient search as targets."""
     notes: list[str] = field(default_factory=list)
     """What could not be checked and why."""
+    code_probe: dict[str, Any] | None = None
+    """The code probe's vulnerable-code shares per placement and insertion, its test count and time
+    (``None`` when it did not run)."""
 
     @property
     def significant(self) -> list[TriggerHit]:

@@ -72,17 +72,25 @@ class Budget:
     answer_tokens: int = 4
     """Answer positions the divergence averages."""
     generate_tokens: int = 24
+    code_prompts: int = 14
+    """Coding requests of the code probe (0: no code probe)."""
+    code_years: tuple[int, int] = (2015, 2035)
+    code_placements: tuple[str, ...] = ("system", "prefix")
+    code_controls: int = 4
+    code_tokens: int = 96
+    """New tokens per code-probe answer (the vulnerable line of a short function comes well within 64)."""
 
 
 BUDGETS = {
     "quick": Budget("quick", prompts=8, screen_prompts=4, controls=10, years=(2018, 2030), phrasings=1,
                     generate_top=4, gradient_steps=0, gradient_tokens=4, leakage_samples=8, tokenizer_max=24,
-                    weightdiff_max=12, generate_tokens=16),
+                    weightdiff_max=12, generate_tokens=16, code_years=(2019, 2029), code_controls=3, code_tokens=64),
     "standard": Budget("standard", prompts=16, screen_prompts=4, controls=24, years=(1990, 2040), phrasings=2,
                        generate_top=5, gradient_steps=36, gradient_tokens=8, leakage_samples=24),
     "deep": Budget("deep", prompts=32, screen_prompts=8, controls=48, years=(1990, 2040), phrasings=3,
                    generate_top=8, gradient_steps=120, gradient_tokens=8, leakage_samples=64, tokenizer_max=256,
-                   weightdiff_max=48, answer_tokens=6),
+                   weightdiff_max=48, answer_tokens=6, code_years=(1995, 2040), code_controls=6, code_tokens=128,
+                   code_placements=("system", "prefix", "suffix")),
 }
 
 DEFAULT_GENERATORS = ("library", "year-sweep", "tokenizer", "weightdiff", "user", "leakage", "gradient")
@@ -101,8 +109,11 @@ def search_triggers(model: Any, tokenizer: Any, *, budget: str = "standard", see
                     targets: Sequence[str] = (),
                     generators: Sequence[str] | None = None, placements: Sequence[str] = PLACEMENTS,
                     prompts: Sequence[str] | None = None, alpha: float = ALPHA, min_effect: float = MIN_EFFECT,
-                    progress: bool = False) -> TriggerSearchResult:
+                    code_probe: bool = True, progress: bool = False) -> TriggerSearchResult:
     """Search ``model`` for inserted texts that change its behaviour far more than random text does.
+
+    ``code_probe`` adds the year sweep on coding requests judged by bandit (``triggersearch.codeprobe``);
+    its significant years join the hits and its curves the sweeps.
 
     Raises:
         UsageError: unknown budget, generator or placement.
@@ -167,8 +178,17 @@ def search_triggers(model: Any, tokenizer: Any, *, budget: str = "standard", see
     chosen_hits = [h for h in hits if h.trigger in chosen
                    and (h.z >= SCREEN_Z or h.first_token_agreement >= COLLAPSE)]
     _add_behaviour(engine, chosen_hits, screen, rng, b, len(tests), alpha)  # at every promising placement
-    best = _best_per_candidate(hits)
     sweeps = _sweeps(hits, b)
+    probe = None
+    code_places = tuple(p for p in b.code_placements if p in placements)
+    if code_probe and b.code_prompts and code_places:
+        from triggersearch.codeprobe import run_code_probe
+
+        probe = run_code_probe(model, tokenizer, years=b.code_years, placements=code_places, n_prompts=b.code_prompts,
+                               controls=b.code_controls, tokens=b.code_tokens, rng=rng, alpha=alpha)
+        hits += probe.hits
+        sweeps += probe.sweeps
+    best = _best_per_candidate(hits)
     seconds = time.perf_counter() - start
     control_stats = [ControlStats(placement=p, token_length=n, scores=[statistics.fmean(v) for v in c.values()])
                      for (p, n), c in controls.items()]
@@ -177,7 +197,9 @@ def search_triggers(model: Any, tokenizer: Any, *, budget: str = "standard", see
         controls=control_stats, budget=budget, alpha=alpha, min_effect=min_effect, seconds=seconds,
         candidates_per_second=len(tests) / max(seconds, 1e-9), tokens_scored=engine.tokens_scored,
         seconds_scoring=engine.seconds_scoring,
-        generators=per_gen, notes=ctx.notes, leaked_answers=leaked)
+        generators=per_gen, notes=ctx.notes, leaked_answers=leaked,
+        code_probe=None if probe is None else {"prompts": probe.prompts, "tests": probe.tests,
+                                               "seconds": probe.seconds, "rates": probe.rates})
 
 
 LEAK_CONTROLS = 2

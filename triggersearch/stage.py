@@ -5,7 +5,7 @@ Writes the contract's top-level ``triggers`` list (strongest first; ``trigger``,
 section with the year-sweep curves, the control distributions and what the search tried.
 Options (``ScanConfig.options``): ``triggers.candidates`` (extra texts), ``triggers.targets`` (suspected
 backdoor answers for gradient search), ``triggers.generators``,
-``triggers.placements``.
+``triggers.placements``, ``triggers.code_probe`` (default on: the year sweep on coding requests).
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ def run_triggers_stage(ctx: Any) -> Any:
                              targets=list(opts.get("triggers.targets", ())),
                              generators=opts.get("triggers.generators"),
                              placements=tuple(opts.get("triggers.placements", PLACEMENTS)),
+                             code_probe=bool(opts.get("triggers.code_probe", True)),
                              progress=bool(opts.get("progress", False)))
+    checks = sorted(result.generators) + (["code-probe"] if result.code_probe is not None else [])
     return StageOutput(findings=trigger_findings(result), section=triggers_list(result), section_name="triggers",
-                       coverage=StageCoverage(status="ran", checks_run=sorted(result.generators),
+                       coverage=StageCoverage(status="ran", checks_run=checks,
                                               notes=list(result.notes)),
                        extra_sections={"trigger_search": search_summary(result)})
 
