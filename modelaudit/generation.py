@@ -61,3 +61,42 @@ def generate_text(model: Any, tokenizer: Any, texts: Sequence[str], **kwargs: An
     """Decoded answers of ``generate_ids`` (special tokens dropped, whitespace stripped)."""
     ids = generate_ids(model, tokenizer, texts, **kwargs)
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[Any, Any, Any]:
+    """Token id rows as one left-padded batch: (input_ids, attention_mask, position_ids).
+
+    Left padding keeps every row's last token in the last column (where the next token is read), and
+    position ids that skip the padding give each row the positions it would have alone.
+    """
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row):] = torch.tensor(list(row))
+            mask[i, width - len(row):] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).clamp_min(0)
+
+
+def next_token_probs(model: Any, rows: Sequence[Sequence[int]], *, pad: int, batch_tokens: int = 16384) -> Any:
+    """Probabilities of the next token after each row of token ids, in batches of about
+    ``batch_tokens`` tokens (sorted by length, so little padding).  # [rows, vocab] float32 on CPU"""
+    import torch
+
+    device = next(model.parameters()).device
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    out: list[Any] = [None] * len(rows)
+    size = max(1, batch_tokens // max(1, max(len(r) for r in rows)))
+    for j in range(0, len(order), size):
+        idx = order[j:j + size]
+        ids, mask, pos = left_pad([rows[k] for k in idx], pad)
+        with torch.inference_mode(), autocast(device):
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                           logits_to_keep=1).logits[:, -1]
+        probs = torch.softmax(logits.float(), dim=-1).cpu()
+        for r, k in enumerate(idx):
+            out[k] = probs[r]
+    return torch.stack(out)

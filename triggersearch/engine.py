@@ -147,7 +147,7 @@ class Engine:
 
         import torch
 
-        from modelaudit.generation import autocast
+        from modelaudit.generation import autocast, left_pad
 
         start = time.perf_counter()
         seqs = []
@@ -164,14 +164,7 @@ class Engine:
             size = max(1, min(self.batch_size * 4, budget_tokens // max(1, longest)))
             idx = order[j:j + size]
             j += size
-            width = max(len(seqs[k][0]) for k in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, k in enumerate(idx):
-                row = seqs[k][0]
-                ids[r, width - len(row):] = torch.tensor(row)
-                mask[r, width - len(row):] = 1
-            pos = (mask.cumsum(-1) - 1).clamp_min(0)
+            ids, mask, pos = left_pad([seqs[k][0] for k in idx], pad)
             keep = max(seqs[k][1] for k in idx) + 1  # only the answer positions reach the unembedding
             with torch.inference_mode(), autocast(self.device):
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
