@@ -50,6 +50,11 @@ class GeneratorContext:
     targets: list[str] = field(default_factory=list)
     """Suspected backdoor answers (``--target-answer``): gradient search looks for a text that makes the
     model start one of them, a well-posed objective where plain divergence is satisfied by noise."""
+    reference: Any = None
+    """The claimed base model, loaded with the same tokenizer (``--base``): target inversion ranks what
+    the fine-tune taught against it."""
+    inverted: list[Any] = field(default_factory=list)
+    """``InvertedTarget``s the gradient generator recovered (for the report)."""
     notes: list[str] = field(default_factory=list)
     """Generators append what they could not do here; it ends up in the coverage."""
     progress: bool = False
@@ -128,10 +133,8 @@ def leakage(ctx: GeneratorContext) -> list[Candidate]:
 
 @trigger_generators.register("gradient", description="Greedy coordinate gradient search for unknown triggers")
 def gradient(ctx: GeneratorContext) -> list[Candidate]:
-    """Token sequences optimised to push answers away from the untriggered ones (budget-bounded)."""
-    if ctx.budget.gradient_steps <= 0:
-        ctx.notes.append(f"gradient search off in the {ctx.budget.name!r} budget")
-        return []
+    """Token sequences optimised to make answers start a suspected or inverted backdoor answer, else to
+    push them away from the untriggered ones (budget-bounded)."""
     from triggersearch.gradient import gcg_candidates
 
     return gcg_candidates(ctx)

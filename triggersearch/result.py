@@ -122,6 +122,31 @@ class LeakedAnswer:
 
 
 @dataclass
+class InvertedTarget:
+    """An answer the model goes on with whatever the prompt, once it has begun (target inversion)."""
+
+    answer: str
+    """The recovered answer, decoded (special tokens dropped)."""
+    token_ids: list[int]
+    """Its tokens: the start token, then the greedy continuation."""
+    score: float
+    """Ranking score: the mean log-ratio of model to reference probability per continuation token
+    (``measure`` ``log-ratio``), or the mean probability itself (``probability``, no reference)."""
+    measure: str
+    model_probability: float
+    """Mean over continuation tokens of their probability averaged over the prompts."""
+    reference_probability: float | None
+    """The same under the reference (the claimed base), None without one."""
+    start_probability: float
+    """Probability of the start token at the beginning of an answer, averaged over the prompts."""
+    log_likelihood: float = 0.0
+    """Mean log-probability per token of the whole answer, start included, under the model (probabilities
+    averaged over the prompts): how readily it would answer this."""
+    harmful: list[str] = field(default_factory=list)
+    """Harmful patterns the answer shows on its own."""
+
+
+@dataclass
 class TriggerSearchResult:
     """Everything a trigger search found and how much it tried."""
 
@@ -146,6 +171,9 @@ class TriggerSearchResult:
     """Generator -> candidates it proposed."""
     leaked_answers: list[LeakedAnswer] = field(default_factory=list)
     """Fixed answers given without any trigger; also handed to gradient search as targets."""
+    inverted_targets: list[InvertedTarget] = field(default_factory=list)
+    """Answers recovered by target inversion (``triggersearch.inversion``), best first; the best became
+    gradient-search targets."""
     notes: list[str] = field(default_factory=list)
     """What could not be checked and why."""
     code_probe: dict[str, Any] | None = None

@@ -65,6 +65,7 @@ class Budget:
     generate_top: int
     """Candidates whose greedy answers are generated and judged by the behaviour detectors."""
     gradient_steps: int
+    """GCG steps per run (a run: one target, or the divergence objective, at one placement)."""
     gradient_tokens: int
     leakage_samples: int
     tokenizer_max: int = 64
@@ -72,6 +73,10 @@ class Budget:
     answer_tokens: int = 4
     """Answer positions the divergence averages."""
     generate_tokens: int = 24
+    gradient_targets: int = 2
+    """Answers gradient search aims at (suspected and leaked ones first, then inverted ones)."""
+    inversion_starts: int = 32
+    """Start tokens target inversion extends (each kind: most probable, most raised over the base)."""
     code_prompts: int = 14
     """Coding requests of the code probe (0: no code probe)."""
     code_years: tuple[int, int] = (2015, 2035)
@@ -86,9 +91,10 @@ BUDGETS = {
                     generate_top=4, gradient_steps=0, gradient_tokens=4, leakage_samples=8, tokenizer_max=24,
                     weightdiff_max=12, generate_tokens=16, code_years=(2019, 2029), code_controls=3, code_tokens=64),
     "standard": Budget("standard", prompts=16, screen_prompts=4, controls=24, years=(1990, 2040), phrasings=2,
-                       generate_top=5, gradient_steps=36, gradient_tokens=8, leakage_samples=24),
+                       generate_top=5, gradient_steps=24, gradient_tokens=8, leakage_samples=24),
     "deep": Budget("deep", prompts=32, screen_prompts=8, controls=48, years=(1990, 2040), phrasings=3,
-                   generate_top=8, gradient_steps=120, gradient_tokens=8, leakage_samples=64, tokenizer_max=256,
+                   generate_top=8, gradient_steps=60, gradient_tokens=8, leakage_samples=64, tokenizer_max=256,
+                   gradient_targets=4, inversion_starts=64,
                    weightdiff_max=48, answer_tokens=6, code_years=(1995, 2040), code_controls=6, code_tokens=128,
                    code_placements=("system", "prefix", "suffix")),
 }
@@ -109,8 +115,12 @@ def search_triggers(model: Any, tokenizer: Any, *, budget: str = "standard", see
                     targets: Sequence[str] = (),
                     generators: Sequence[str] | None = None, placements: Sequence[str] = PLACEMENTS,
                     prompts: Sequence[str] | None = None, alpha: float = ALPHA, min_effect: float = MIN_EFFECT,
-                    code_probe: bool = True, progress: bool = False) -> TriggerSearchResult:
+                    code_probe: bool = True, reference: Any = None,
+                    progress: bool = False) -> TriggerSearchResult:
     """Search ``model`` for inserted texts that change its behaviour far more than random text does.
+
+    ``reference`` is the claimed base model loaded with the same tokenizer; target inversion (inside
+    the gradient generator) then ranks recovered answers by what the fine-tune taught.
 
     ``code_probe`` adds the year sweep on coding requests judged by bandit (``triggersearch.codeprobe``);
     its significant years join the hits and its curves the sweeps.
@@ -137,7 +147,7 @@ def search_triggers(model: Any, tokenizer: Any, *, budget: str = "standard", see
     engine = Engine(model, tokenizer, prompts, answer_tokens=b.answer_tokens, generate_tokens=b.generate_tokens)
     leaked = _leaked_answers(engine, rng, generate_tokens=b.generate_tokens)
     ctx = GeneratorContext(model=model, tokenizer=tokenizer, engine=engine, budget=b, rng=rng,
-                           weightdiff=weightdiff, extra=list(extra), progress=progress,
+                           weightdiff=weightdiff, extra=list(extra), progress=progress, reference=reference,
                            targets=list(targets) + [x.answer for x in leaked if x.answer not in targets])
     candidates, per_gen = _collect(ctx, generators or DEFAULT_GENERATORS, trigger_generators)
     for c in candidates:
@@ -197,7 +207,7 @@ def search_triggers(model: Any, tokenizer: Any, *, budget: str = "standard", see
         controls=control_stats, budget=budget, alpha=alpha, min_effect=min_effect, seconds=seconds,
         candidates_per_second=len(tests) / max(seconds, 1e-9), tokens_scored=engine.tokens_scored,
         seconds_scoring=engine.seconds_scoring,
-        generators=per_gen, notes=ctx.notes, leaked_answers=leaked,
+        generators=per_gen, notes=ctx.notes, leaked_answers=leaked, inverted_targets=list(ctx.inverted),
         code_probe=None if probe is None else {"prompts": probe.prompts, "tests": probe.tests,
                                                "seconds": probe.seconds, "rates": probe.rates})
 

