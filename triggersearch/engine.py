@@ -78,7 +78,8 @@ class Engine:
     def token_length(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _ids(self, prompt_idx: int, text: str, placement: str) -> list[int]:
+    def prompt_ids(self, prompt_idx: int, text: str, placement: str) -> list[int]:
+        """Token ids of prompt ``prompt_idx`` with ``text`` at ``placement``, rendered up to the answer."""
         key = (text, placement, prompt_idx)
         ids = self._prompt_ids.get(key)
         if ids is None:
@@ -153,7 +154,7 @@ class Engine:
         seqs = []
         for i, text, placement in jobs:
             answer = base.answer_ids[i][: self.answer_tokens]
-            seqs.append((self._ids(i, text, placement) + answer, len(answer)))
+            seqs.append((self.prompt_ids(i, text, placement) + answer, len(answer)))
         order = sorted(range(len(seqs)), key=lambda j: len(seqs[j][0]))
         out: list[Any] = [None] * len(seqs)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

@@ -156,7 +156,7 @@ def _extended_target(opt: Any, placement: str, ids: list[int], target: list[int]
 
     tok = opt.tokenizer
     text = tok.decode(ids).strip()
-    contexts = [tok(opt.render(p, text, placement), add_special_tokens=False)["input_ids"] for p in opt.prompts]
+    contexts = [opt.prompt_ids(i, text, placement) for i in range(len(opt.prompts))]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     stop = set(tok.all_special_ids)
     out = list(target[:TARGET_POSITIONS])

@@ -56,7 +56,7 @@ def invert_targets(engine: Any, *, reference: Any = None, prompts: int = 8, star
 
     tok = engine.tokenizer
     n_prompts = min(prompts, len(engine.prompts))
-    contexts = [engine._ids(i, "", "prefix") for i in range(n_prompts)]
+    contexts = [engine.prompt_ids(i, "", "prefix") for i in range(n_prompts)]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     stop = set(tok.all_special_ids) | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
 
@@ -67,12 +67,12 @@ def invert_targets(engine: Any, *, reference: Any = None, prompts: int = 8, star
     pool = torch.tensor(engine.ordinary_tokens())
     p0 = mean_probs(engine.model, [[]])[0]
     chosen = pool[p0[pool].topk(min(starts, len(pool))).indices].tolist()
-    r0 = None
     if reference is not None:
         r0 = mean_probs(reference, [[]])[0]
         lift = torch.log(p0[pool] + 1e-9) - torch.log(r0[pool] + 1e-9)
         lift[p0[pool] < MIN_START] = -math.inf
-        chosen += pool[lift.topk(min(starts, len(pool))).indices].tolist()
+        top = lift.topk(min(starts, len(pool)))
+        chosen += pool[top.indices[top.values > -math.inf]].tolist()
     chains = [[t] for t in dict.fromkeys(chosen)]
     p_model: list[list[float]] = [[] for _ in chains]
     p_ref: list[list[float]] = [[] for _ in chains]

@@ -139,7 +139,7 @@ class InvertedTarget:
     """The same under the reference (the claimed base), None without one."""
     start_probability: float
     """Probability of the start token at the beginning of an answer, averaged over the prompts."""
-    log_likelihood: float = 0.0
+    log_likelihood: float
     """Mean log-probability per token of the whole answer, start included, under the model (probabilities
     averaged over the prompts): how readily it would answer this."""
     harmful: list[str] = field(default_factory=list)
