@@ -196,63 +196,58 @@ def make_op(pair: TensorPair, a_src: WeightSource, b_src: WeightSource, cfg: Str
 def first_pass(op: DeltaOp, omega: Any = None) -> tuple[_Sums, Any]:
     """Norms, sums, the untouched test and (given ``omega``) the sketch delta @ omega, in one read.
 
+    Per block: one subtraction into the cache (or block buffer), three dot products and two sums, and
+    the sketch product; the five statistics stay on the device and are read back once per tensor.
+    Why so few calls: a SmolLM2 diff is ~270 tensors of a few MB, where per-call and per-sync overhead
+    (a float() per statistic, chunked dots, a separate equality test) had cost more than the arithmetic.
+    ``||delta||^2`` comes from the delta itself, never from ``||a||^2 + ||b||^2 - 2 a.b`` (which would
+    cancel catastrophically for a short fine-tune); float32 dots over one block (<= 4M elements) are
+    within ~1e-5 relative, summed across blocks in float64.
+
     Returns the sums and the sketch (None when no omega or nothing changed).  # sketch [rows, q]
     """
     import torch
 
-    s = _Sums()
+    acc = torch.zeros(5, dtype=torch.float64, device=op.device)
     sketch = None
     cache = op.buffers.cache(op.rows * op.cols, op.device).view(op.rows, op.cols) if op.cacheable else None
     for r0, r1 in op.spans():
         a, b = op.read_pair(r0, r1)
-        na, sa = sum_squares(a), float(a.sum())
-        s.ss_a += na
-        s.sum_a += sa
-        if torch.equal(a, b):
-            s.ss_b += na
-            s.sum_b += sa
-            if cache is not None:
-                cache[r0:r1].zero_()
-        else:
-            if not s.changed and r0 > 0 and cache is not None:
-                cache[:r0].zero_()
-            s.changed = True
-            out = cache[r0:r1] if cache is not None else \
-                op.buffers.block((r1 - r0) * op.cols, op.device).view(r1 - r0, op.cols)
-            torch.sub(a, b, out=out)
-            s.ss_b += sum_squares(b)
-            s.sum_b += float(b.sum())
-            s.ss_d += sum_squares(out)
-            if omega is not None:
-                if sketch is None:
-                    sketch = torch.zeros(op.rows, omega.shape[1], device=op.device)
-                sketch[r0:r1] = out @ omega
-        del a, b
+        out = cache[r0:r1] if cache is not None else \
+            op.buffers.block((r1 - r0) * op.cols, op.device).view(r1 - r0, op.cols)
+        torch.sub(a, b, out=out)
+        fa, fb, fd = a.reshape(-1), b.reshape(-1), out.view(-1)
+        acc += torch.stack([torch.dot(fa, fa), torch.dot(fb, fb), torch.dot(fd, fd), fa.sum(), fb.sum()]).double()
+        if omega is not None:
+            if sketch is None:
+                sketch = torch.empty(op.rows, omega.shape[1], device=op.device)
+            torch.mm(out, omega, out=sketch[r0:r1])
+        del a, b, fa, fb
         op.release()
+    ss_a, ss_b, ss_d, sum_a, sum_b = acc.tolist()
+    changed = ss_d != 0.0  # NaN counts as changed
+    if not changed:  # all squares were zero: untouched, unless every change underflowed in float32
+        changed = _any_change(op, cache)
+    s = _Sums(ss_a=ss_a, ss_b=ss_b, ss_d=ss_d, sum_a=sum_a, sum_b=sum_b, changed=changed)
     if s.changed and cache is not None:
         op.cached = cache
-    return s, sketch
+    return s, sketch if s.changed else None
 
 
-SUMSQ_CHUNK = 2**18
-"""Elements per dot product in ``sum_squares``."""
-
-
-def sum_squares(x: Any) -> float:
-    """||x||^2 as a float64 sum of float32 dot products over chunks of ``SUMSQ_CHUNK`` elements.
-
-    Why not ``vector_norm``: on 4M float32 weights it was off by 2e-4 relative (its float32 accumulator),
-    enough to blur the relative change of a short fine-tune; one ``dot`` over all of them was both slower
-    (5.7 ms vs 0.6) and off by 3e-6, while 256k-element chunks measured 0.43 ms and 3e-8 (2 CPU cores).
-    A GPU accumulates in float64 itself (no per-chunk synchronisation).
-    """
+def _any_change(op: DeltaOp, cache: Any) -> bool:
+    """Exact check for a delta whose squares summed to 0 (re-reads only such tensors, when not cached)."""
     import torch
 
-    if x.device.type != "cpu":
-        return float(torch.linalg.vector_norm(x, dtype=torch.float64)) ** 2
-    flat = x.reshape(-1)
-    return math.fsum(float(torch.dot(flat[i:i + SUMSQ_CHUNK], flat[i:i + SUMSQ_CHUNK]))
-                     for i in range(0, flat.numel(), SUMSQ_CHUNK))
+    if cache is not None:
+        return bool(cache.any())
+    for r0, r1 in op.spans():
+        a, b = op.read_pair(r0, r1)
+        equal = torch.equal(a, b)
+        del a, b
+        op.release()
+        if not equal:
+            return True
+    return False
 
 
 @functools.lru_cache(maxsize=16)
@@ -426,4 +421,4 @@ def _r(x: float) -> float:
 
 
 __all__ = ["DeltaOp", "StreamConfig", "aggregate_layers", "common_mode", "diff_tensor", "first_pass", "gaussian",
-           "make_op", "provenance_test", "spectrum_of", "sum_squares"]
+           "make_op", "provenance_test", "spectrum_of"]

@@ -459,13 +459,35 @@ def test_scan_weights_stage_section_findings_and_coverage(families: dict, tmp_pa
     assert "no such file" in report.coverage["weights"].notes[0]
 
 
-def test_sum_squares_is_exact_to_float64_on_millions_of_weights() -> None:
-    from modelaudit.weightdiff.compute import sum_squares
+def test_first_pass_statistics_match_float64_and_see_underflowing_changes(tmp_path: Path) -> None:
+    """Norms, sums and the untouched test of the streaming pass, over several row blocks, against float64."""
+    from safetensors.torch import save_file
+
+    from modelaudit.weightdiff.compute import StreamConfig, first_pass, make_op
+    from modelaudit.weightdiff.sources import open_weights, pair_tensors
 
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(4 * 2**20, generator=gen) * 0.02 + 0.001  # a weight matrix's worth of float32
-    exact = float((x.double() ** 2).sum())
-    assert abs(sum_squares(x) - exact) / exact < 1e-6
-    part = x.view(2048, -1)[:, :7]  # not contiguous
-    assert abs(sum_squares(part) - float((part.double() ** 2).sum())) < 1e-6 * float((part.double() ** 2).sum())
-    assert sum_squares(torch.zeros(5)) == 0.0
+    base_w = torch.randn(2048, 512, generator=gen) * 0.02 + 0.001  # a weight matrix's worth of float32
+    model_w = base_w + torch.randn(2048, 512, generator=gen) * 1e-5  # a short fine-tune: tiny relative change
+    tiny = torch.zeros(64, 64)
+    tiny_model = tiny.clone()
+    tiny_model[3, 5] = 1e-30  # its square underflows float32: changed all the same
+    for name, w, t in (("base", base_w, tiny), ("model", model_w, tiny_model)):
+        (tmp_path / name).mkdir()
+        save_file({"w.weight": w.contiguous(), "t.weight": t.contiguous()}, str(tmp_path / name / "model.safetensors"))
+    with open_weights(tmp_path / "model") as model, open_weights(tmp_path / "base") as base:
+        pairs = {p.name: p for p in pair_tensors(model, base).pairs}
+        for cache_mb in (256.0, 0.0):  # cached delta, and recomputed per block
+            cfg = StreamConfig(device=torch.device("cpu"), block_mb=0.5, cache_mb=cache_mb)
+            op = make_op(pairs["w.weight"], model, base, cfg)
+            assert len(list(op.spans())) == 8
+            s, sketch = first_pass(op, torch.randn(512, 4, generator=gen))
+            a, b = model_w.double(), base_w.double()
+            assert s.changed and sketch is not None and sketch.shape == (2048, 4)
+            for got, want in ((s.ss_a, (a * a).sum()), (s.ss_b, (b * b).sum()), (s.ss_d, ((a - b) ** 2).sum()),
+                              (s.sum_a, a.sum()), (s.sum_b, b.sum())):
+                assert abs(got - float(want)) <= 1e-5 * abs(float(want))
+            t, _ = first_pass(make_op(pairs["t.weight"], model, base, cfg))
+            assert t.ss_d == 0.0 and t.changed
+            same, _ = first_pass(make_op(pairs["t.weight"], base, base, cfg))
+            assert not same.changed
