@@ -171,12 +171,14 @@ def _warm(folders: list[Path]) -> None:
                     pass
 
 
-def child(mode: str, model: Path, base: Path, cold: bool, reference: Path | None) -> dict[str, Any]:
+def child(mode: str, model: Path, base: Path, cold: bool, reference: Path | None, device: str = "cpu") -> dict[str, Any]:
     """One measurement in this (fresh) process."""
     import torch  # import cost is not part of the timing, but is part of the RSS
 
     if mode == "diff":
         from modelaudit.weightdiff import diff_models, weight_findings
+    if device.startswith("cuda"):
+        torch.zeros(1, device=device)  # CUDA context creation is a once-per-scan cost, not the diff's
     folders = [model, base] + ([reference] if reference else [])
     (_evict if cold else _warm)(folders)
     rss_after_import = _rss_mb()
@@ -194,7 +196,7 @@ def child(mode: str, model: Path, base: Path, cold: bool, reference: Path | None
                         total += float(fh.get_tensor(key).float().sum())
         extra["checksum"] = total
     else:
-        result = diff_models(model, base, reference_dir=reference, device="cpu")
+        result = diff_models(model, base, reference_dir=reference, device=device)
         extra = {"derived_from_base": result.derived_from_base, "median_correlation":
                  result.provenance.median_correlation, "bytes_compared": result.bytes_compared,
                  "untouched": len(result.untouched_tensors), "tensors": len(result.tensors),
@@ -202,7 +204,8 @@ def child(mode: str, model: Path, base: Path, cold: bool, reference: Path | None
                  "top_layers": sorted(((g.name, g.relative_change) for g in result.layers), key=lambda x: -x[1])[:3],
                  "token_candidates": result.token_candidates[:10]}
     seconds = time.perf_counter() - start
-    return {"mode": mode, "cold": cold, "seconds": seconds, "rss_after_import_mb": rss_after_import,
+    return {"mode": mode, "cold": cold, "device": device if mode == "diff" else "cpu", "seconds": seconds,
+            "rss_after_import_mb": rss_after_import,
             "peak_rss_mb": _status_mb("VmHWM"), **extra}
 
 
@@ -220,8 +223,9 @@ def _status_mb(field: str) -> float:
     return float("nan")
 
 
-def run_child(mode: str, model: Path, base: Path, *, cold: bool, reference: Path | None = None) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", mode, "--model", str(model), "--base", str(base)]
+def run_child(mode: str, model: Path, base: Path, *, cold: bool, reference: Path | None = None,
+              device: str = "cpu") -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", mode, "--model", str(model), "--base", str(base), "--device", device]
     if cold:
         cmd.append("--cold")
     if reference:
@@ -272,10 +276,11 @@ def main() -> None:
     parser.add_argument("--base")
     parser.add_argument("--reference")
     parser.add_argument("--cold", action="store_true")
+    parser.add_argument("--device", default="cpu", help="where diff_models computes (reading is always the CPU's)")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, Path(args.model), Path(args.base), args.cold,
-                               Path(args.reference) if args.reference else None)))
+                               Path(args.reference) if args.reference else None, args.device)))
         return
     base = smollm2_base()
     ft = finetune(base, WORK / f"smollm2-ft{args.steps}", _benign(0, 200), steps=args.steps, lr=1e-5, batch=4, seed=0)
@@ -285,12 +290,14 @@ def main() -> None:
     for _ in range(args.repeats):
         for mode in ("read", "diff"):
             for cold in (False, True):
-                runs[f"{mode}_{'cold' if cold else 'warm'}"].append(run_child(mode, ft, base, cold=cold))
+                runs[f"{mode}_{'cold' if cold else 'warm'}"].append(run_child(mode, ft, base, cold=cold,
+                                                                               device=args.device))
     best = {k: min(v, key=lambda r: r["seconds"]) for k, v in runs.items()}
-    reinit_run = run_child("diff", reinit, base, cold=False)
+    reinit_run = run_child("diff", reinit, base, cold=False, device=args.device)
     result: dict[str, Any] = {
         "benchmark": "weightdiff", "base": str(base), "finetune": str(ft), "finetune_steps": args.steps,
         "model_bytes": model_bytes, "bytes_read_per_run": 2 * model_bytes, "cpu_count": os.cpu_count(),
+        "device": args.device,
         "best": best, "all_seconds": {k: [round(r["seconds"], 3) for r in v] for k, v in runs.items()},
         "ratio_warm": best["read_warm"]["seconds"] / best["diff_warm"]["seconds"],
         "ratio_cold": best["read_cold"]["seconds"] / best["diff_cold"]["seconds"],
@@ -312,7 +319,8 @@ def _markdown(r: dict[str, Any]) -> str:
     lines = [
         "# Weight diff benchmark: SmolLM2-135M vs a fine-tune of itself", "",
         f"{r['finetune_steps']} full AdamW steps of fine-tuning; {r['model_mb']:.0f} MiB per model; "
-        f"{r['cpu_count']} CPU cores; best of {len(r['all_seconds']['diff_warm'])} runs, each in a fresh process.", "",
+        f"{r['cpu_count']} CPU cores; diff computed on {r.get('device', 'cpu')}; best of "
+        f"{len(r['all_seconds']['diff_warm'])} runs, each in a fresh process.", "",
         "| | read both files (safe_open, touch every tensor) | diff_models | throughput ratio (read / diff time) |",
         "|---|---|---|---|",
         f"| page cache warm | {b['read_warm']['seconds']:.2f} s | {b['diff_warm']['seconds']:.2f} s | "
