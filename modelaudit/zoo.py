@@ -119,8 +119,12 @@ def _build_base(base: dict[str, Any], outdir: Path, progress: bool) -> tuple[Pat
 
 
 def build_zoo(spec: str | Path | dict[str, Any], outdir: str | Path, *, progress: bool = False,
-              only: list[str] | None = None) -> ZooResult:
+              only: list[str] | None = None, device: str | None = None) -> ZooResult:
     """Build every model of ``spec`` (and a clean twin of each, unless ``clean_twins`` is false) in ``outdir``.
+
+    ``device`` overrides the spec's (default auto). Why pin it: a GPU trains under bf16 autocast, so the
+    same spec and seed give other models there than on a CPU; test fixtures with known ground truth pin
+    ``cpu`` so every machine builds the models their assertions were measured on.
 
     Layout: ``outdir/base/`` (tiny bases), ``outdir/<name>/`` model folders, ``outdir/<name>.truth.json``
     beside each, and ``outdir/zoo.json`` listing them.
@@ -136,6 +140,8 @@ def build_zoo(spec: str | Path | dict[str, Any], outdir: str | Path, *, progress
         if only and entry["name"] not in only:
             continue
         settings = {**defaults, **{k: v for k, v in entry.items() if k != "name"}, "progress": progress}
+        if device is not None:
+            settings["device"] = device
         runs = [(entry["name"], False)]
         if data.get("clean_twins", True):
             runs.append((f"{entry['name']}-clean", True))

