@@ -14,8 +14,10 @@ from modelaudit.weightdiff.compute import (
     MATCH_CORRELATION,
     StreamConfig,
     aggregate_layers,
+    PendingSpectrum,
     diff_tensor,
     common_mode,
+    finish_spectra,
     first_pass,
     make_op,
     provenance_test,
@@ -76,11 +78,14 @@ def diff_models(model_dir: str | os.PathLike[str], base_dir: str | os.PathLike[s
         cfg = StreamConfig(device=dev, block_mb=block_mb, cache_mb=cache_mb, sketch_rank=sketch_rank)
         ref_cfg = StreamConfig(device=dev, block_mb=block_mb, cache_mb=cache_mb, sketch_rank=sketch_rank)
         tensors: list[TensorDiff] = []
+        pending: list[PendingSpectrum] = []
         sides: dict[str, SideRows] = {}
         bytes_read = 0
         for pair in pairing.pairs:
-            td, op = diff_tensor(pair, model, base, cfg)
+            td, op, spectrum = diff_tensor(pair, model, base, cfg)
             tensors.append(td)
+            if spectrum is not None:
+                pending.append(spectrum)
             if pair.role is not None and len(pair.shape) == 2:
                 if not td.untouched:
                     op.vh = common_mode(op, common_mode_k(op.cols), seed=cfg.seed)
@@ -92,6 +97,7 @@ def diff_models(model_dir: str | os.PathLike[str], base_dir: str | os.PathLike[s
                 sides[pair.role or "input"] = SideRows(pair.role or "input", op, change, ref_change)
             op.cached = None  # the scratch buffer is reused by the next tensor
             bytes_read += td.params * (itemsize(pair.model_dtype) + itemsize(pair.base_dtype))
+        finish_spectra(pending)
         provenance = provenance_test(tensors)
         text = text_future.result()
         analysis = None
