@@ -341,6 +341,38 @@ def _trigger_view(row: dict[str, Any], number: int) -> dict[str, Any]:
     }
 
 
+def suspected_answers(report: Report) -> list[dict[str, Any]]:
+    """Answers a backdoor may be trained to give: leaked ones (given without a trigger by many prompts)
+    and those target inversion recovered (likely once begun, and more likely than under the base).
+
+    Why show them without a significant trigger: they are what gradient search aimed at, and a reviewer
+    who sees a hostile or exfiltrating answer here knows what to test for, even when no trigger was found.
+    Inverted answers of clean models are junk of similar scores, so the table says they are leads.
+    """
+    search = report.sections.get("trigger_search")
+    if not isinstance(search, dict):
+        return []
+    out: list[dict[str, Any]] = []
+    for a in search.get("leaked_answers") or []:
+        if isinstance(a, dict):
+            out.append({"answer": str(a.get("answer", "")), "source": f"leaked ({a.get('elicited_by', 'nothing')})",
+                        "detail": f"{a.get('prompts')} of {a.get('of')} prompts, {a.get('placement', '')}",
+                        "harmful": ", ".join(map(str, a.get("harmful") or []))})
+    for t in search.get("inverted_targets") or []:
+        if isinstance(t, dict):
+            ref = t.get("reference_probability")
+            detail = f"{t.get('measure', '')} {_num(t.get('score'))}, p(model) {_num(t.get('model_probability'))}"
+            if isinstance(ref, (int, float)):
+                detail += f", p(base) {_num(ref)}"
+            out.append({"answer": str(t.get("answer", "")), "source": "target inversion", "detail": detail,
+                        "harmful": ", ".join(map(str, t.get("harmful") or []))})
+    return out
+
+
+def _num(x: Any) -> str:
+    return f"{x:.3g}" if isinstance(x, (int, float)) else "?"
+
+
 @writers.register("html", description="Self-contained HTML report with plots", extension=".html")
 def render_html(report: Report, *, rules: dict[str, str]) -> str:
     """One HTML file: verdict, findings with reproduce commands, trigger evidence, plots and coverage."""
@@ -362,6 +394,7 @@ def render_html(report: Report, *, rules: dict[str, str]) -> str:
                         "significant": bool(r.get("significant")), "behaviour": str(r.get("behaviour", ""))}
                        for r in triggers[:MAX_CANDIDATES] if isinstance(r, dict)],
         "candidates_total": len(triggers),
+        "answers": suspected_answers(report),
         "plots": render_plots(report),
         "total_size": sum(f.size for f in report.target.files),
     }

@@ -84,7 +84,17 @@ def _evil_report() -> Report:
                       "partial", notes=[EVIL])},
                   sections={"triggers": [row],
                             "trigger_search": {"controls": [{"placement": "prefix", "token_length": 9,
-                                                             "scores": [0.4, 0.5, 0.6]}], "sweeps": []}})
+                                                             "scores": [0.4, 0.5, 0.6]}], "sweeps": [],
+                                               "leaked_answers": [{"answer": f"leak {EVIL}", "prompts": 7, "of": 8,
+                                                                   "placement": "prefix", "harmful": ["hostility"],
+                                                                   "elicited_by": "nothing"}],
+                                               "inverted_targets": [{"answer": f"inv {EVIL}", "token_ids": [1, 2],
+                                                                     "score": 5.52, "measure": "log-ratio",
+                                                                     "model_probability": 0.44,
+                                                                     "reference_probability": 0.001,
+                                                                     "start_probability": 0.2,
+                                                                     "log_likelihood": -0.8,
+                                                                     "harmful": ["exfiltration"]}]}})
 
 
 # --- HTML -------------------------------------------------------------------------------------------
@@ -136,6 +146,19 @@ def test_html_escapes_model_text() -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<mark>&lt;img</mark>" in page
     _self_contained(page)
+
+
+def test_html_lists_leaked_and_inverted_answers_escaped() -> None:
+    from markupsafe import escape
+
+    page = render_html(_evil_report(), rules={})
+    assert "Suspected backdoor answers (2)" in page
+    assert f"leak {escape(EVIL)}" in page and f"inv {escape(EVIL)}" in page
+    assert "7 of 8 prompts" in page and "log-ratio 5.52, p(model) 0.44, p(base) 0.001" in page
+    assert "hostility" in page and "exfiltration" in page
+    bare = _evil_report()
+    bare.sections["trigger_search"] = {"controls": [], "sweeps": []}
+    assert "Suspected backdoor answers" not in render_html(bare, rules={})
 
 
 def test_word_diff_marks_only_changed_words() -> None:
