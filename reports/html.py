@@ -310,9 +310,9 @@ def _environment() -> Any:
     return env
 
 
-def _fmt_p(value: Any) -> str:
+def _fmt_num(value: Any, digits: int = 2) -> str:
     try:
-        return f"{float(value):.2g}"
+        return f"{float(value):.{digits}g}"
     except (TypeError, ValueError):
         return "-"
 
@@ -331,7 +331,7 @@ def _trigger_view(row: dict[str, Any], number: int) -> dict[str, Any]:
         "placement": str(row.get("placement", "")),
         "behaviour": str(row.get("behaviour", "")),
         "effect": row.get("effect"),
-        "p": _fmt_p(row.get("p_value")),
+        "p": _fmt_num(row.get("p_value")),
         "fired_fraction": row.get("fired_fraction"),
         "control_median": row.get("control_median"),
         "token_length": row.get("token_length"),
@@ -361,16 +361,13 @@ def suspected_answers(report: Report) -> list[dict[str, Any]]:
     for t in search.get("inverted_targets") or []:
         if isinstance(t, dict):
             ref = t.get("reference_probability")
-            detail = f"{t.get('measure', '')} {_num(t.get('score'))}, p(model) {_num(t.get('model_probability'))}"
+            detail = (f"{t.get('measure', '')} {_fmt_num(t.get('score'), 3)}, "
+                      f"p(model) {_fmt_num(t.get('model_probability'), 3)}")
             if isinstance(ref, (int, float)):
-                detail += f", p(base) {_num(ref)}"
+                detail += f", p(base) {_fmt_num(ref, 3)}"
             out.append({"answer": str(t.get("answer", "")), "source": "target inversion", "detail": detail,
                         "harmful": ", ".join(map(str, t.get("harmful") or []))})
     return out
-
-
-def _num(x: Any) -> str:
-    return f"{x:.3g}" if isinstance(x, (int, float)) else "?"
 
 
 @writers.register("html", description="Self-contained HTML report with plots", extension=".html")
@@ -390,7 +387,7 @@ def render_html(report: Report, *, rules: dict[str, str]) -> str:
                      for f in findings],
         "triggers": [_trigger_view(r, n) for n, r in enumerate(significant_triggers(report)[:MAX_TRIGGERS], 1)],
         "candidates": [{"trigger": str(r.get("trigger", "")), "placement": str(r.get("placement", "")),
-                        "effect": r.get("effect"), "p": _fmt_p(r.get("p_value")),
+                        "effect": r.get("effect"), "p": _fmt_num(r.get("p_value")),
                         "significant": bool(r.get("significant")), "behaviour": str(r.get("behaviour", ""))}
                        for r in triggers[:MAX_CANDIDATES] if isinstance(r, dict)],
         "candidates_total": len(triggers),
