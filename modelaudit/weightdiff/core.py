@@ -12,11 +12,11 @@ from typing import Any
 from modelaudit.errors import InvalidModelFileError
 from modelaudit.weightdiff.compute import (
     MATCH_CORRELATION,
+    PendingSpectrum,
     StreamConfig,
     aggregate_layers,
-    PendingSpectrum,
-    diff_tensor,
     common_mode,
+    diff_tensor,
     finish_spectra,
     first_pass,
     make_op,
