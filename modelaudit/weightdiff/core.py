@@ -10,6 +10,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from modelaudit.errors import InvalidModelFileError
+from modelaudit.loading import pick_device
 from modelaudit.weightdiff.compute import (
     MATCH_CORRELATION,
     PendingSpectrum,
@@ -58,8 +59,6 @@ def diff_models(model_dir: str | os.PathLike[str], base_dir: str | os.PathLike[s
         ArchitectureMismatchError: model and base do not share an architecture.
         InvalidModelFileError: unreadable or unsupported weights (only pickles, an adapter, corrupt files).
     """
-    from modelaudit.loading import pick_device
-
     start = time.perf_counter()
     dev = pick_device(device)
     with ExitStack() as stack:

@@ -6,6 +6,7 @@ import statistics
 from typing import Any
 
 from modelaudit.findings import Finding, Location, Severity
+from modelaudit.registry import Evidence, StageSpec, register_stage
 from modelaudit.weightdiff.result import WeightDiffResult
 
 RULES = {
@@ -15,6 +16,9 @@ RULES = {
     "weights.concentrated-change": "One block changed far more than the rest (the shape of a model-editing implant).",
     "weights.token-row-outlier": "Embedding rows that moved far more than fine-tuning explains (trigger candidates).",
 }
+register_stage("weights", StageSpec(entry="modelaudit.weightdiff.stage:run_weights_stage", order=10,
+                                    evidence=Evidence.BEHAVIOUR, needs_base=True),
+               description="Weight diff against the claimed base", rules=RULES)
 CONCENTRATION_RATIO = 5.0
 """A block whose relative change is this many times the median of the other blocks is concentrated."""
 MIN_VISIBLE_CHANGE = 1e-5

