@@ -226,7 +226,7 @@ def _parses_as_pickle(path: Path) -> bool:
             last = (op.name, pos)
     except Exception:  # any parse failure means: not a pickle
         return False
-    return last is not None and last[0] == "STOP" and last[1] >= len(data.rstrip()) - 1
+    return last is not None and last[0] == "STOP" and last[1] is not None and last[1] >= len(data.rstrip()) - 1
 
 
 def _as_text(head: bytes) -> str | None:

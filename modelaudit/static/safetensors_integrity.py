@@ -378,7 +378,7 @@ def check_index(ctx: StaticContext, entry: FileEntry,
         rel = _shard_rel(base, shard)
         yield from _check_shard(ctx, entry.path, shard, rel, tensors, headers)
         header = headers.get(rel) if rel is not None else None
-        if header is not None:
+        if header is not None and rel is not None:
             yield from _unlisted_tensors(entry.path, rel, header, weight_map)
 
 
