@@ -23,7 +23,7 @@ BUILTIN_PLUGINS = (
     "modelaudit.static.pickles",
     "modelaudit.static.safetensors_integrity",
     "modelaudit.static.custom_code",
-    "modelaudit.static.tokenizer",
+    "modelaudit.static.chat_template",
     "modelaudit.static.config_card",
     "reports.writers",
     "triggersearch.generators",
