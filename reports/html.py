@@ -21,8 +21,9 @@ from typing import Any
 
 from markupsafe import Markup
 
-from modelaudit.findings import Finding, Report, Severity, Verdict
+from modelaudit.findings import Finding, Report, Verdict
 from modelaudit.registry import writers
+from reports.order import SEVERITIES_WORST_FIRST, ordered_findings
 
 MAX_TRIGGERS = 10
 """Significant triggers shown with their example pairs (strongest first)."""
@@ -79,11 +80,6 @@ def reproduce_command(finding: Finding, report: Report) -> str:
     stages = ["static"] if stage == "static" else ["static", stage]
     parts += ["--stages", ",".join(stages)]
     return " ".join(parts)
-
-
-def by_severity(findings: list[Finding]) -> list[Finding]:
-    """Critical first; ties in a stable, readable order."""
-    return sorted(findings, key=lambda f: (-f.severity.rank, f.rule_id, str(f.location)))
 
 
 def _rows(report: Report, section: str, key: str | None = None) -> list[dict[str, Any]]:
@@ -373,7 +369,7 @@ def suspected_answers(report: Report) -> list[dict[str, Any]]:
 @writers.register("html", description="Self-contained HTML report with plots", extension=".html")
 def render_html(report: Report, *, rules: dict[str, str]) -> str:
     """One HTML file: verdict, findings with reproduce commands, trigger evidence, plots and coverage."""
-    findings = by_severity(report.findings)
+    findings = ordered_findings(report.findings)
     counts = Counter(f.severity for f in report.findings)
     triggers = report.sections.get("triggers") if isinstance(report.sections.get("triggers"), list) else []
     meaning, exit_text = VERDICT_MEANING.get(report.verdict, ("", ""))
@@ -382,7 +378,7 @@ def render_html(report: Report, *, rules: dict[str, str]) -> str:
         "verdict": report.verdict.value,
         "verdict_meaning": meaning,
         "exit_meaning": exit_text,
-        "severities": [(s.value, counts.get(s, 0)) for s in sorted(Severity, key=lambda s: -s.rank)],
+        "severities": [(s.value, counts.get(s, 0)) for s in SEVERITIES_WORST_FIRST],
         "findings": [{"f": f, "rule_text": rules.get(f.rule_id, ""), "reproduce": reproduce_command(f, report)}
                      for f in findings],
         "triggers": [_trigger_view(r, n) for n, r in enumerate(significant_triggers(report)[:MAX_TRIGGERS], 1)],
