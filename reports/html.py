@@ -17,13 +17,16 @@ import io
 import re
 import shlex
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from markupsafe import Markup
 
 from modelaudit.findings import Finding, Report, Verdict
 from modelaudit.registry import writers
 from reports.order import SEVERITIES_WORST_FIRST, ordered_findings
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 MAX_TRIGGERS = 10
 """Significant triggers shown with their example pairs (strongest first)."""
@@ -298,7 +301,8 @@ def render_plots(report: Report) -> dict[str, Markup | None]:
 
 # --- page --------------------------------------------------------------------------------------------
 
-def _environment() -> Any:
+def _environment() -> Environment:
+    """Autoescaping on, undefined names an error: model text cannot become markup, a template typo cannot pass."""
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
     env = Environment(loader=PackageLoader("reports", "templates"), autoescape=True, undefined=StrictUndefined,
@@ -307,6 +311,7 @@ def _environment() -> Any:
 
 
 def _fmt_num(value: Any, digits: int = 2) -> str:
+    """A number from the report's sections, which are untrusted JSON: anything not a number shows as "-"."""
     try:
         return f"{float(value):.{digits}g}"
     except (TypeError, ValueError):
@@ -314,6 +319,10 @@ def _fmt_num(value: Any, digits: int = 2) -> str:
 
 
 def _trigger_view(row: dict[str, Any], number: int) -> dict[str, Any]:
+    """One significant trigger's row shaped for the template: strings, word-diffed examples, rates highest first.
+
+    The row is untrusted JSON, so every field is converted or checked here rather than in the template.
+    """
     examples = []
     for ex in row.get("examples") or []:
         if not isinstance(ex, dict):

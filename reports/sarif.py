@@ -82,6 +82,7 @@ def _locations(f: Finding, artifact_index: dict[str, int]) -> list[dict[str, Any
 
 
 def _result(f: Finding, rule_index: dict[str, int], artifact_index: dict[str, int]) -> dict[str, Any]:
+    """One result; SARIF has no field for severity, confidence or evidence, so they go in its property bag."""
     result: dict[str, Any] = {
         "ruleId": f.rule_id,
         "ruleIndex": rule_index[f.rule_id],

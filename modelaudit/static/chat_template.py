@@ -15,11 +15,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelaudit.findings import Finding, Location, Severity
 from modelaudit.static.base import StaticContext, static_check
 from modelaudit.static.tokens import R_INVALID, RULE_PREFIX, TOKEN_RULES, tokenizer_file_findings, trigger_reason
+
+if TYPE_CHECKING:  # jinja2 is imported where templates are parsed, not when the check registers
+    from jinja2 import Environment, nodes
+    from jinja2.parser import Parser
 
 R_T_UNPARSEABLE = f"{RULE_PREFIX}.template-unparseable"
 R_T_UNSAFE = f"{RULE_PREFIX}.template-unsafe-jinja"
@@ -103,7 +107,7 @@ def template_sources(ctx: StaticContext) -> tuple[list[TemplateSource], list[Fin
     return sources, problems
 
 
-def _environment() -> Any:
+def _environment() -> Environment:
     """A parse-only environment that accepts what transformers' own template environment accepts."""
     from jinja2 import Environment, nodes
     from jinja2.ext import Extension
@@ -113,7 +117,7 @@ def _environment() -> Any:
 
         tags = {"generation"}
 
-        def parse(self, parser: Any) -> Any:
+        def parse(self, parser: Parser) -> nodes.Scope:
             lineno = next(parser.stream).lineno
             body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
             return nodes.Scope(body, lineno=lineno)
@@ -162,10 +166,11 @@ class _TemplateWalker:
         self.literals: list[Literal] = []
         self.unsafe: list[tuple[int, str, Severity, str]] = []  # (line, construct, severity, why)
 
-    def walk(self, root: Any) -> None:
+    def walk(self, root: nodes.Template) -> None:
+        """Iteratively (an explicit stack), each node carrying the branch context of the if-tests above it."""
         from jinja2 import nodes
 
-        stack: list[tuple[Any, str]] = [(root, "always")]
+        stack: list[tuple[nodes.Node, str]] = [(root, "always")]
         while stack:
             node, context = stack.pop()
             self._inspect(node, context)
@@ -185,7 +190,8 @@ class _TemplateWalker:
                     self.literals.append(Literal(text, line, ctx, "set"))
             stack.extend((child, context) for child in node.iter_child_nodes())
 
-    def _inspect(self, node: Any, context: str) -> None:
+    def _inspect(self, node: nodes.Node, context: str) -> None:
+        """Record ``node`` if only a sandbox escape or resource exhaustion needs it; the first matching kind wins."""
         from jinja2 import nodes
 
         line = getattr(node, "lineno", 0) or 0
@@ -216,7 +222,7 @@ class _TemplateWalker:
             self.unsafe.append((line, "* huge", Severity.MEDIUM, "repeats text a huge number of times"))
 
 
-def _branch_context(test: Any, outer: str) -> str:
+def _branch_context(test: nodes.Expr, outer: str) -> str:
     """What an if-test is about: the absence of a system message, tool use, or neither."""
     from jinja2 import nodes
 
@@ -235,15 +241,16 @@ def _branch_context(test: Any, outer: str) -> str:
     return outer
 
 
-def _target_name(target: Any) -> str:
+def _target_name(target: nodes.Expr) -> str:
+    """``name.attr`` of a set target, so that ``{% set ns.system_prompt = ... %}`` reads as a system prompt too."""
     return str(getattr(target, "name", "")) + "." + str(getattr(target, "attr", ""))
 
 
-def _output_literals(node: Any) -> Iterator[tuple[str, int]]:
+def _output_literals(node: nodes.Node) -> Iterator[tuple[str, int]]:
     """Literal strings that flow into the rendered text: constants joined with +, ~, if-else and filters."""
     from jinja2 import nodes
 
-    stack = [node]
+    stack: list[nodes.Node] = [node]
     while stack:
         item = stack.pop()
         if isinstance(item, nodes.TemplateData):
@@ -261,6 +268,7 @@ def _output_literals(node: Any) -> Iterator[tuple[str, int]]:
 
 
 def _prose_words(text: str) -> list[str]:
+    """Words left once chat markup and role names are gone: prose the user did not write, not formatting."""
     stripped = _FORMAT_TOKENS.sub(" ", text)
     return [w for w in re.findall(r"[^\W\d_]{2,}", stripped) if w.lower() not in _ROLE_WORDS]
 
@@ -306,6 +314,7 @@ def literal_findings(lit: Literal) -> list[tuple[str, Severity, str, dict[str, A
 def template_findings(source: TemplateSource) -> Iterator[Finding]:
     """Parse one template (never render it) and report unsafe constructs and injected text."""
     def location(line: int | None) -> Location:
+        """A .jinja file's template lines are file lines; a template inside JSON is one member of its file."""
         if source.standalone:
             return Location(path=source.path, line=line)
         return Location(path=source.path, member=source.name)

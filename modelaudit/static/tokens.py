@@ -71,6 +71,7 @@ class _Source:
         self.ctx = ctx
 
     def exists(self, name: str) -> bool:
+        """For the model, only files the inventory listed count: the same files every other check sees."""
         if self.ctx is not None:
             return self.ctx.find(name) is not None
         return (self.root / name).is_file()
@@ -116,9 +117,11 @@ class TokenizerView:
     problems: list[Finding] = field(default_factory=list)
 
     def all_contents(self) -> set[str]:
+        """Every token text defined anywhere; against a base, what decides whether a token is new."""
         return set(self.vocab) | {t.content for t in self.added} | {t.content for t in self.specials}
 
     def invalid(self, path: str, message: str, member: str | None = None) -> None:
+        """Record a broken file or entry and read on: one malformed file must not hide the others' tokens."""
         self.problems.append(Finding(R_INVALID, Severity.MEDIUM, f"{path}: {message}",
                                      location=Location(path=path, member=member), evidence={"problem": message}))
 
@@ -140,6 +143,7 @@ def read_tokenizer(src: _Source) -> TokenizerView:
 
 
 def _load(src: _Source, view: TokenizerView, name: str, kind: type) -> Any:
+    """The parsed file if present with a top level of type ``kind``; else None, the problem recorded."""
     if not src.exists(name):
         return None
     view.files.append(name)
@@ -155,6 +159,7 @@ def _load(src: _Source, view: TokenizerView, name: str, kind: type) -> Any:
 
 
 def _read_tokenizer_json(src: _Source, view: TokenizerView) -> None:
+    """Vocabulary, added tokens and text pipeline; malformed entries are reported and skipped, never guessed at."""
     name = "tokenizer.json"
     data = _load(src, view, name, dict)
     if data is None:
@@ -222,6 +227,7 @@ def _read_config_like(src: _Source, view: TokenizerView, name: str) -> None:
 
 
 def _token_text(value: Any) -> str | None:
+    """A token written as a plain string or as an AddedToken object (``{"content": ...}``): transformers writes both."""
     if isinstance(value, str):
         return value
     if isinstance(value, dict) and isinstance(value.get("content"), str):
@@ -288,7 +294,10 @@ def is_unusual_plain_token(token: str) -> bool:
 
 
 class _Capped:
-    """Collect findings, keeping at most ``MAX_FINDINGS_PER_RULE`` per rule plus one summary of the rest."""
+    """Collect findings, keeping at most ``MAX_FINDINGS_PER_RULE`` per rule plus one summary of the rest.
+
+    A tokenizer can add thousands of tokens; one finding each would bury every other finding in the report.
+    """
 
     def __init__(self) -> None:
         self.items: list[Finding] = []
@@ -311,6 +320,7 @@ class _Capped:
 
 
 def _token_finding(rule: str, severity: Severity, tok: TokenDef, message: str, **evidence: Any) -> Finding:
+    """Every token finding names the token, its id and special flag, so it can be checked without the files."""
     return Finding(rule, severity, message, location=Location(path=tok.path, member=tok.member),
                    evidence={"token": tok.content, "id": tok.id, "special": tok.special, **evidence})
 
@@ -420,6 +430,7 @@ def rewrite_findings(view: TokenizerView, base: TokenizerView | None) -> Iterato
 
 
 def _replace_rules_with_section(pipeline: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Replace rules at any depth: ``Sequence`` normalizers and decoders nest them, so sections are walked."""
     for section, value in pipeline.items():
         stack = [value]
         while stack:
@@ -433,6 +444,7 @@ def _replace_rules_with_section(pipeline: dict[str, Any]) -> Iterator[tuple[str,
 
 
 def _replace_rules(pipeline: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rules alone, to tell which of the model's rules the base already had."""
     return [rule for _, rule in _replace_rules_with_section(pipeline)]
 
 
@@ -476,6 +488,8 @@ def token_findings(ctx: StaticContext, view: TokenizerView) -> Iterator[Finding]
 
 
 def _against_base(view: TokenizerView, base: TokenizerView, capped: _Capped) -> Iterator[Finding]:
+    """Remapped ids and every token the base lacks; a tokenizer that does not derive from the base at all is
+    reported once and its added tokens judged on their own, since nearly every token would be "new"."""
     base_known = base.all_contents()
     new_vocab = [t for t in view.vocab if t not in base_known]
     remapped = sorted(t for t, i in view.vocab.items() if t in base.vocab and base.vocab[t] != i)
