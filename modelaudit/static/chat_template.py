@@ -222,7 +222,7 @@ class _TemplateWalker:
             self.unsafe.append((line, "* huge", Severity.MEDIUM, "repeats text a huge number of times"))
 
 
-def _branch_context(test: nodes.Expr, outer: str) -> str:
+def _branch_context(test: nodes.Node, outer: str) -> str:
     """What an if-test is about: the absence of a system message, tool use, or neither."""
     from jinja2 import nodes
 
