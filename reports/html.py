@@ -329,7 +329,9 @@ def _trigger_view(row: dict[str, Any], number: int) -> dict[str, Any]:
             continue
         left, right = word_diff(str(ex.get("untriggered", "")), str(ex.get("triggered", "")))
         examples.append({"prompt": str(ex.get("prompt", "")), "untriggered": left, "triggered": right})
-    rates = row.get("behaviour_rates") if isinstance(row.get("behaviour_rates"), dict) else {}
+    rates = row.get("behaviour_rates")
+    if not isinstance(rates, dict):
+        rates = {}
     return {
         "number": number,
         "trigger": str(row.get("trigger", "")),
@@ -380,7 +382,9 @@ def render_html(report: Report, *, rules: dict[str, str]) -> str:
     """One HTML file: verdict, findings with reproduce commands, trigger evidence, plots and coverage."""
     findings = ordered_findings(report.findings)
     counts = Counter(f.severity for f in report.findings)
-    triggers = report.sections.get("triggers") if isinstance(report.sections.get("triggers"), list) else []
+    triggers = report.sections.get("triggers")
+    if not isinstance(triggers, list):
+        triggers = []
     meaning, exit_text = VERDICT_MEANING.get(report.verdict, ("", ""))
     context = {
         "report": report,

@@ -291,8 +291,8 @@ def test_every_registered_writer_honours_the_contract(name: str, report: Report,
 def _call_shape(fn: Callable[..., object]) -> tuple[list[tuple[str, object, object]], object]:
     """Parameter names, kinds and resolved types, and the return type (``self`` left out)."""
     hints = typing.get_type_hints(fn)
-    params = [(p.name, p.kind, hints.get(p.name)) for p in inspect.signature(fn).parameters.values()
-              if p.name != "self"]
+    params: list[tuple[str, object, object]] = [
+        (p.name, p.kind, hints.get(p.name)) for p in inspect.signature(fn).parameters.values() if p.name != "self"]
     return params, hints.get("return")
 
 
