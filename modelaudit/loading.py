@@ -49,7 +49,7 @@ def pick_device(device: str = "auto") -> Any:
 
 
 def pick_dtype(device: Any, dtype: str = "auto") -> Any:
-    """bf16 on GPUs that support it; fp32 on CPU, where bf16 matmuls are ~60x slower (FACTS.md)."""
+    """bf16 on GPUs that support it; fp32 on CPU, where bf16 matmuls were measured ~60x slower."""
     import torch
 
     if dtype != "auto":

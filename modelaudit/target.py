@@ -20,7 +20,6 @@ from pathlib import Path
 from modelaudit.errors import TargetNotFoundError, TargetUnreadableError, UsageError
 from modelaudit.findings import FileEntry, TargetInfo
 
-MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".gguf", ".npy", ".npz")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HASH_CHUNK = 8 * 1024 * 1024
 _PICKLE_SNIFF_LIMIT = 8 * 1024 * 1024

@@ -17,8 +17,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from modelaudit.findings import Finding, Report, Severity, Verdict
+from modelaudit.findings import Report, Severity, Verdict
 from modelaudit.registry import writers
+from reports.order import SEVERITIES_WORST_FIRST, ordered_findings
 
 MAX_ROWS = 50
 """Findings shown on a live terminal; the string rendering (written to files) shows all of them."""
@@ -50,11 +51,6 @@ def _size(n: int) -> str:
     return f"{value:.1f} {unit}"
 
 
-def _by_severity(findings: list[Finding]) -> list[Finding]:
-    """Critical first; ties in a stable, readable order."""
-    return sorted(findings, key=lambda f: (-f.severity.rank, f.rule_id, str(f.location)))
-
-
 def _summary(report: Report) -> Panel:
     t = report.target
     counts = Counter(f.severity for f in report.findings)
@@ -70,7 +66,7 @@ def _summary(report: Report) -> Panel:
             lines.append_text(_safe(f" (requested {t.requested_revision})"))
     lines.append(f"\nfiles     {len(t.files)} ({_size(sum(f.size for f in t.files))})")
     lines.append("\nfindings  ")
-    for sev in sorted(Severity, key=lambda s: -s.rank):
+    for sev in SEVERITIES_WORST_FIRST:
         n = counts.get(sev, 0)
         lines.append(f"{sev.value} {n}", style=_SEVERITY_STYLE[sev] if n else "")
         lines.append("  ")
@@ -82,7 +78,7 @@ def _summary(report: Report) -> Panel:
 def _findings(report: Report, max_rows: int | None) -> RenderableType:
     if not report.findings:
         return Text("No findings.", style="green")
-    ordered = _by_severity(report.findings)
+    ordered = ordered_findings(report.findings)
     shown = ordered if max_rows is None else ordered[:max_rows]
     # Rule id and location share a column (location on the second line): side by side, two long
     # columns would squeeze the message into a sliver at 120 characters.

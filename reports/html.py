@@ -17,12 +17,16 @@ import io
 import re
 import shlex
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from markupsafe import Markup
 
-from modelaudit.findings import Finding, Report, Severity, Verdict
+from modelaudit.findings import Finding, Report, Verdict
 from modelaudit.registry import writers
+from reports.order import SEVERITIES_WORST_FIRST, ordered_findings
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 MAX_TRIGGERS = 10
 """Significant triggers shown with their example pairs (strongest first)."""
@@ -79,11 +83,6 @@ def reproduce_command(finding: Finding, report: Report) -> str:
     stages = ["static"] if stage == "static" else ["static", stage]
     parts += ["--stages", ",".join(stages)]
     return " ".join(parts)
-
-
-def by_severity(findings: list[Finding]) -> list[Finding]:
-    """Critical first; ties in a stable, readable order."""
-    return sorted(findings, key=lambda f: (-f.severity.rank, f.rule_id, str(f.location)))
 
 
 def _rows(report: Report, section: str, key: str | None = None) -> list[dict[str, Any]]:
@@ -302,7 +301,8 @@ def render_plots(report: Report) -> dict[str, Markup | None]:
 
 # --- page --------------------------------------------------------------------------------------------
 
-def _environment() -> Any:
+def _environment() -> Environment:
+    """Autoescaping on, undefined names an error: model text cannot become markup, a template typo cannot pass."""
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
     env = Environment(loader=PackageLoader("reports", "templates"), autoescape=True, undefined=StrictUndefined,
@@ -311,6 +311,7 @@ def _environment() -> Any:
 
 
 def _fmt_num(value: Any, digits: int = 2) -> str:
+    """A number from the report's sections, which are untrusted JSON: anything not a number shows as "-"."""
     try:
         return f"{float(value):.{digits}g}"
     except (TypeError, ValueError):
@@ -318,13 +319,19 @@ def _fmt_num(value: Any, digits: int = 2) -> str:
 
 
 def _trigger_view(row: dict[str, Any], number: int) -> dict[str, Any]:
+    """One significant trigger's row shaped for the template: strings, word-diffed examples, rates highest first.
+
+    The row is untrusted JSON, so every field is converted or checked here rather than in the template.
+    """
     examples = []
     for ex in row.get("examples") or []:
         if not isinstance(ex, dict):
             continue
         left, right = word_diff(str(ex.get("untriggered", "")), str(ex.get("triggered", "")))
         examples.append({"prompt": str(ex.get("prompt", "")), "untriggered": left, "triggered": right})
-    rates = row.get("behaviour_rates") if isinstance(row.get("behaviour_rates"), dict) else {}
+    rates = row.get("behaviour_rates")
+    if not isinstance(rates, dict):
+        rates = {}
     return {
         "number": number,
         "trigger": str(row.get("trigger", "")),
@@ -373,16 +380,18 @@ def suspected_answers(report: Report) -> list[dict[str, Any]]:
 @writers.register("html", description="Self-contained HTML report with plots", extension=".html")
 def render_html(report: Report, *, rules: dict[str, str]) -> str:
     """One HTML file: verdict, findings with reproduce commands, trigger evidence, plots and coverage."""
-    findings = by_severity(report.findings)
+    findings = ordered_findings(report.findings)
     counts = Counter(f.severity for f in report.findings)
-    triggers = report.sections.get("triggers") if isinstance(report.sections.get("triggers"), list) else []
+    triggers = report.sections.get("triggers")
+    if not isinstance(triggers, list):
+        triggers = []
     meaning, exit_text = VERDICT_MEANING.get(report.verdict, ("", ""))
     context = {
         "report": report,
         "verdict": report.verdict.value,
         "verdict_meaning": meaning,
         "exit_meaning": exit_text,
-        "severities": [(s.value, counts.get(s, 0)) for s in sorted(Severity, key=lambda s: -s.rank)],
+        "severities": [(s.value, counts.get(s, 0)) for s in SEVERITIES_WORST_FIRST],
         "findings": [{"f": f, "rule_text": rules.get(f.rule_id, ""), "reproduce": reproduce_command(f, report)}
                      for f in findings],
         "triggers": [_trigger_view(r, n) for n, r in enumerate(significant_triggers(report)[:MAX_TRIGGERS], 1)],

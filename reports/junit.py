@@ -14,7 +14,8 @@ from collections import Counter
 
 from modelaudit.findings import Report, Severity
 from modelaudit.registry import writers
-from reports.html import by_severity, reproduce_command
+from reports.html import reproduce_command
+from reports.order import ordered_findings
 
 FAIL_AT = Severity.HIGH
 """Findings at or above this severity become failing test cases."""
@@ -54,7 +55,7 @@ def render_junit(report: Report, *, rules: dict[str, str]) -> str:
         elif detail:
             ET.SubElement(case, "system-out").text = _x(detail)
         counts["tests"] += 1
-    for f in by_severity(report.findings):
+    for f in ordered_findings(report.findings):
         if not f.severity >= FAIL_AT:
             continue
         short = f.message if len(f.message) <= 100 else f.message[:99] + "…"

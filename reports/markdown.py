@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from modelaudit.findings import Report, Severity
+from modelaudit.findings import Report
 from modelaudit.registry import writers
-from reports.html import by_severity, significant_triggers
+from reports.html import significant_triggers
+from reports.order import SEVERITIES_WORST_FIRST, ordered_findings
 
 MAX_FINDINGS = 10
 """Rows of the findings table."""
@@ -46,10 +47,9 @@ def render_markdown(report: Report, *, rules: dict[str, str]) -> str:
     lines.append(f"### {_VERDICT_ICON.get(verdict, '')} modelaudit: **{verdict}** — {md_escape(report.target.spec)}")
     lines.append("")
     counts = Counter(f.severity for f in report.findings)
-    lines.append("Findings: " + " · ".join(f"{s.value} {counts.get(s, 0)}"
-                                           for s in sorted(Severity, key=lambda s: -s.rank)))
+    lines.append("Findings: " + " · ".join(f"{s.value} {counts.get(s, 0)}" for s in SEVERITIES_WORST_FIRST))
 
-    findings = by_severity(report.findings)
+    findings = ordered_findings(report.findings)
     if findings:
         lines += ["", "| severity | rule | message | conf. |", "|---|---|---|---|"]
         for f in findings[:MAX_FINDINGS]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from modelaudit import registry
 from modelaudit.errors import UsageError
 from modelaudit.findings import Report
+from reports.protocol import Writer
 
 
 def rule_descriptions() -> dict[str, str]:
@@ -36,7 +37,8 @@ def render(report: Report, fmt: str) -> str:
     known = registry.writers.names()
     if fmt not in known:
         raise UsageError(f"unknown format {fmt!r} (known: {', '.join(known)})")
-    return registry.writers.get(fmt).obj(report, rules=rule_descriptions())
+    writer: Writer = registry.writers.get(fmt).obj
+    return writer(report, rules=rule_descriptions())
 
 
 def _default_mode() -> int:

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from modelaudit.findings import Finding, Report, Severity
 from modelaudit.registry import writers
+from reports.order import ordered_findings
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -81,6 +82,7 @@ def _locations(f: Finding, artifact_index: dict[str, int]) -> list[dict[str, Any
 
 
 def _result(f: Finding, rule_index: dict[str, int], artifact_index: dict[str, int]) -> dict[str, Any]:
+    """One result; SARIF has no field for severity, confidence or evidence, so they go in its property bag."""
     result: dict[str, Any] = {
         "ruleId": f.rule_id,
         "ruleIndex": rule_index[f.rule_id],
@@ -109,7 +111,7 @@ def _version_control(report: Report) -> list[dict[str, Any]]:
 @writers.register("sarif", description="SARIF 2.1.0 for code-scanning tools", extension=".sarif")
 def render_sarif(report: Report, *, rules: dict[str, str]) -> str:
     """One SARIF run: rules that appear, results worst first, hashed artifacts, and the verdict."""
-    ordered = sorted(report.findings, key=lambda f: (-f.severity.rank, f.rule_id, str(f.location)))
+    ordered = ordered_findings(report.findings)
     descriptors = _rules(ordered, rules)
     rule_index = {d["id"]: i for i, d in enumerate(descriptors)}
     artifact_index = {e.path: i for i, e in enumerate(report.target.files)}

