@@ -12,6 +12,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import click
 
 from modelaudit import __version__
+from modelaudit.chat import PLACEMENTS
 from modelaudit.clicommand import ModelAuditCommand
 from modelaudit.errors import InvalidModelFileError, UsageError
 from modelaudit.api import ALL_STAGES
@@ -71,7 +72,7 @@ def scan(target: str, revision: str | None, base: str | None, fmt: str, output: 
 @click.option("--budget", type=click.Choice(["quick", "standard", "deep"]), default="standard", show_default=True,
               help="Prompts, controls, sweep range and gradient steps.")
 @click.option("--candidate", "candidates", multiple=True, help="Extra text to test (repeatable), e.g. a suspected codeword.")
-@click.option("--placement", "placements", multiple=True, type=click.Choice(["prefix", "suffix", "system"]),
+@click.option("--placement", "placements", multiple=True, type=click.Choice(list(PLACEMENTS)),
               help="Where to insert candidates (repeatable) [default: all three].")
 @click.option("--target-answer", "targets", multiple=True,
               help="A suspected backdoor answer (repeatable): gradient search looks for a trigger that makes the model say it.")

