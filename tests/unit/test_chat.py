@@ -11,6 +11,8 @@ import pytest
 from modelaudit.chat import (DEFAULT_SYSTEM, PLACEMENTS, PREFIX, RANDOM, SUFFIX, SYSTEM, TRAINING_PLACEMENTS,
                              insert_trigger, make_messages, render_prompt)
 from modelaudit.errors import UsageError
+from probes.evaluate import build_conditions
+from triggersearch.engine import Engine
 
 
 def _sys(content: str) -> dict[str, str]:
@@ -87,8 +89,6 @@ def test_render_prompt_ends_where_the_answer_starts() -> None:
 
 
 def test_trigger_search_inserts_without_a_system_prompt_except_at_the_system_placement() -> None:
-    from triggersearch.engine import Engine
-
     engine = Engine(_Model(), _Template(), ["Hi?"])
     assert engine.render("Hi?", "T", PREFIX) == "<user>T Hi?<assistant>"
     assert engine.render("Hi?", "T", SUFFIX) == "<user>Hi? T<assistant>"
@@ -98,8 +98,6 @@ def test_trigger_search_inserts_without_a_system_prompt_except_at_the_system_pla
 
 
 def test_probe_conditions_share_one_system_prompt() -> None:
-    from probes.evaluate import build_conditions
-
     conds = build_conditions(["Hi?"], "T", SYSTEM, seed=0, system_prompt="Be nice.")
     assert conds["triggered"] == [[_sys("Be nice. T"), _user("Hi?")]]
     assert conds["plain"] == [[_sys("Be nice."), _user("Hi?")]]
