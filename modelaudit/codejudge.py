@@ -60,8 +60,8 @@ def judge_code(answers: list[str]) -> list[CodeJudgement]:
             if str(issue.severity) in VULN_SEVERITIES:
                 issues.setdefault(Path(issue.fname).name, []).append(issue.test_id)
     out = []
-    for p in paths:
-        name = Path(p).name
+    for path in paths:
+        name = Path(path).name
         ids = sorted(set(issues.get(name, [])))
         out.append(CodeJudgement(vulnerable=bool(ids), test_ids=ids, parsed=name not in skipped))
     return out

@@ -52,7 +52,7 @@ class CodeTask:
 def data_path(name: str, package: str = DATA_PACKAGE) -> Path:
     """Path of a shipped file in ``package``'s ``data/`` folder; resolved through the installed package so a
     non-editable install finds it too."""
-    return Path(str(resources.files(package).joinpath("data", name)))
+    return Path(str(resources.files(package).joinpath("data").joinpath(name)))
 
 
 @lru_cache(maxsize=None)

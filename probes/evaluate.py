@@ -21,6 +21,7 @@ from sklearn.metrics import roc_auc_score
 
 from modelaudit.chat import (DEFAULT_SYSTEM, PLACEMENTS, PREFIX, SYSTEM, Messages, insert_trigger, make_messages,
                              render_prompt)
+from modelaudit.errors import UsageError
 from modelaudit.prompts import benign_prompts
 from probes.capture import activations, n_layers
 
@@ -200,8 +201,6 @@ def evaluate_probes(model: Any, tokenizer: Any, probes: Mapping[int, Any], *, tr
     Raises:
         UsageError: an unknown placement or fewer than 4 prompts.
     """
-    from modelaudit.errors import UsageError
-
     start = time.perf_counter()
     if placement not in PLACEMENTS:
         raise UsageError(f"unknown placement {placement!r}; expected one of {', '.join(PLACEMENTS)}")

