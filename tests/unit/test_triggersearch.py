@@ -14,7 +14,8 @@ from modelaudit.registry import behaviour_detectors, trigger_generators
 from triggersearch.behaviours import SPECIFIC
 from triggersearch.generators import LIBRARY, GeneratorContext
 from triggersearch.result import Candidate
-from triggersearch.search import BUDGETS, search_triggers, step_year
+from triggersearch.budgets import BUDGETS
+from triggersearch.search import search_triggers, step_year
 
 NO_GRADIENT = ("library", "year-sweep", "tokenizer", "weightdiff", "user", "leakage")
 YEAR = re.compile(r"\b(19|20)\d\d\b")
