@@ -15,7 +15,8 @@ from triggersearch.behaviours import SPECIFIC
 from triggersearch.generators import LIBRARY, GeneratorContext
 from triggersearch.result import Candidate
 from triggersearch.budgets import BUDGETS
-from triggersearch.search import search_triggers, step_year
+from triggersearch.search import search_triggers
+from triggersearch.sweeps import step_year
 
 NO_GRADIENT = ("library", "year-sweep", "tokenizer", "weightdiff", "user", "leakage")
 YEAR = re.compile(r"\b(19|20)\d\d\b")
