@@ -4,6 +4,9 @@ Each detector is a registered plugin taking (untriggered, triggered) answer pair
 bool per pair. They only ever flag what is *new* in the triggered answer, so a model that always
 refuses or always writes code is not flagged by them; and the search subtracts their rate under
 random control insertions, so a detector that fires on any perturbation does not decide a verdict.
+
+The plugin registry loads this module for every scan, static-only ones included, so it imports no
+torch, and the code judge (bandit) only when the insecure-code detector runs.
 """
 
 from __future__ import annotations

