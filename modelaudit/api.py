@@ -105,7 +105,7 @@ def _stage_functions() -> dict[str, StageFn]:
     except ImportError:
         pass
     try:
-        from triggersearch.stage import run_triggers_stage
+        from triggersearch import run_triggers_stage
 
         stages["triggers"] = run_triggers_stage
     except ImportError:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from modelaudit.registry import stages
 from modelaudit.weightdiff.rules import RULES as WEIGHT_RULES
-from triggersearch.rules import RULES as TRIGGER_RULES
+from triggersearch import RULES as TRIGGER_RULES
 
 PROBE_RULES = {
     "probes.defection-direction": "Inserting a candidate trigger moves activations along a defection direction.",
