@@ -48,7 +48,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from modelaudit.loading import load_model
-    from triggersearch.search import search_triggers
+    from triggersearch import search_triggers
 
     lm = load_model(args.model, device=args.device)
     start = time.perf_counter()

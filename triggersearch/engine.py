@@ -10,10 +10,12 @@ generation (much slower) is kept for the few candidates that survive.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelaudit.generation import autocast, generate_ids, left_pad
 from modelaudit.chat import DEFAULT_SYSTEM, PREFIX, SYSTEM, insert_trigger, render_prompt
 
 
@@ -80,8 +82,6 @@ class Engine:
         """Untriggered greedy answers and their teacher-forced distributions, computed once per family."""
         fam = baseline_family(placement)
         if fam not in self._baselines:
-            from modelaudit.generation import generate_ids
-
             texts = [self.render(p, "", placement) for p in self.prompts]
             ids = generate_ids(self.model, self.tokenizer, texts, max_new_tokens=self.generate_tokens,
                                batch_size=self.batch_size)
@@ -129,11 +129,7 @@ class Engine:
 
     def _logprobs(self, jobs: Sequence[tuple[int, str, str]], base: Baseline) -> list[Any]:
         """Log-probabilities at the first answer positions for each (prompt, text, placement) job."""
-        import time
-
         import torch
-
-        from modelaudit.generation import autocast, left_pad
 
         start = time.perf_counter()
         seqs = []

@@ -1,8 +1,9 @@
 """Candidate trigger generators, each a registered plugin (``modelaudit.registry.trigger_generators``).
 
 A generator takes a ``GeneratorContext`` and returns ``Candidate``s. Third-party generators register
-the same way under their own dotted name. This module imports no torch: the registry loads it for
-every scan, including static-only ones; the heavy generators import their modules when called.
+the same way under their own dotted name. The registry loads this module for every scan, including
+static-only ones, so nothing it imports at module level may import torch: the generators' modules
+import it inside the functions that use the model.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelaudit.registry import trigger_generators
+from modelaudit.static.tokens import trigger_reason
+from triggersearch.gradient import gcg_candidates
+from triggersearch.leakage import leaked_ngrams
 from triggersearch.result import Candidate
 
 # Deployment tags and their spellings, date phrasings, and codewords / rare tokens used as triggers in
@@ -41,7 +45,7 @@ class GeneratorContext:
     engine: Any
     """``triggersearch.engine.Engine`` bound to the benign prompt set."""
     budget: Any
-    """``triggersearch.search.Budget``."""
+    """``triggersearch.budgets.Budget``."""
     rng: random.Random
     weightdiff: dict[str, Any] | None = None
     """The report's ``weightdiff`` section when the weights stage ran."""
@@ -94,8 +98,6 @@ def structural_tokens(tokenizer: Any) -> set[str]:
 @trigger_generators.register("tokenizer", description="Added and special tokens, and vocabulary entries shaped like triggers")
 def tokenizer_oddities(ctx: GeneratorContext) -> list[Candidate]:
     """Added tokens that are not chat structure, and vocabulary entries the static check calls trigger-like."""
-    from modelaudit.static.tokens import trigger_reason
-
     tok = ctx.tokenizer
     skip = structural_tokens(tok)
     out: dict[str, Candidate] = {}
@@ -126,8 +128,6 @@ def weightdiff_tokens(ctx: GeneratorContext) -> list[Candidate]:
 @trigger_generators.register("leakage", description="N-grams that recur in samples from empty chat scaffolding")
 def leakage(ctx: GeneratorContext) -> list[Candidate]:
     """Memorised poison data leaks when the model writes a user turn or answers an empty one."""
-    from triggersearch.leakage import leaked_ngrams
-
     return leaked_ngrams(ctx)
 
 
@@ -135,6 +135,4 @@ def leakage(ctx: GeneratorContext) -> list[Candidate]:
 def gradient(ctx: GeneratorContext) -> list[Candidate]:
     """Token sequences optimised to make answers start a suspected or inverted backdoor answer, else to
     push them away from the untriggered ones (budget-bounded)."""
-    from triggersearch.gradient import gcg_candidates
-
     return gcg_candidates(ctx)

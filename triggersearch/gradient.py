@@ -16,7 +16,10 @@ import random
 from typing import Any
 
 from modelaudit.chat import PLACEMENTS
+from modelaudit.generation import next_token_probs
 from modelaudit.prompts import benign_prompts
+from triggersearch.engine import Engine
+from triggersearch.inversion import invert_targets
 from triggersearch.result import Candidate
 
 _MARK = "\u2063TRIGGER\u2063"
@@ -154,8 +157,6 @@ def _extended_target(opt: Any, placement: str, ids: list[int], target: list[int]
     judged prompts; aiming the next run at the whole answer as the model goes on with it closes that.
     Only optimisation prompts are used, never the ones the search judges on.
     """
-    from modelaudit.generation import next_token_probs
-
     tok = opt.tokenizer
     text = tok.decode(ids).strip()
     contexts = [opt.prompt_ids(i, text, placement) for i in range(len(opt.prompts))]
@@ -192,8 +193,6 @@ def gcg_candidates(ctx: Any) -> list[Candidate]:
     inversion, up to the budget's ``gradient_targets``), else away from the untriggered answers
     (divergence). Optimised on held-out benign prompts that the search does not judge on.
     """
-    from triggersearch.engine import Engine
-
     b = ctx.budget
     skip = skip_reason(ctx.model, b)
     if skip:
@@ -210,8 +209,6 @@ def gcg_candidates(ctx: Any) -> list[Candidate]:
     targets = [ctx.tokenizer(t, add_special_tokens=False)["input_ids"] for t in ctx.targets if t.strip()]
     targets = targets[: b.gradient_targets]
     if len(targets) < b.gradient_targets:
-        from triggersearch.inversion import invert_targets
-
         ctx.inverted = invert_targets(ctx.engine, reference=ctx.reference, starts=b.inversion_starts)
         if ctx.reference is None:
             ctx.notes.append("target inversion ran without a reference model (no --base): answers are ranked by "
@@ -234,7 +231,7 @@ def gcg_candidates(ctx: Any) -> list[Candidate]:
             ids, val = gcg(opt, placement, tokens=b.gradient_tokens, steps=steps, pool=pool, rng=ctx.rng, target=aim)
             what = f"towards {ctx.tokenizer.decode(aim)!r}: {val:.3f}" if aim else f"divergence: {val:.3f}"
             refined = _extended_target(opt, placement, ids, aim) if aim and val >= REFINE_FROM else None
-            if refined is not None and len(refined) > len(aim):
+            if refined is not None and aim is not None and len(refined) > len(aim):
                 ids, val = gcg(opt, placement, tokens=b.gradient_tokens, steps=max(1, steps // 2), pool=pool,
                                rng=ctx.rng, target=refined, init=ids)
                 what += f", refined towards {ctx.tokenizer.decode(refined)!r}: {val:.3f}"

@@ -30,6 +30,8 @@ import math
 from typing import Any
 
 from modelaudit.chat import PREFIX
+from modelaudit.generation import next_token_probs
+from triggersearch.behaviours import harmful_content
 from triggersearch.result import InvertedTarget
 
 PLAUSIBLE = 0.1
@@ -51,9 +53,6 @@ def invert_targets(engine: Any, *, reference: Any = None, prompts: int = 8, star
     probability, which small models' memorised stock answers can top.
     """
     import torch
-
-    from modelaudit.generation import next_token_probs
-    from triggersearch.behaviours import harmful_content
 
     tok = engine.tokenizer
     n_prompts = min(prompts, len(engine.prompts))

@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Any
 
 from modelaudit.chat import make_messages, render_prompt
+from modelaudit.generation import generate_text
 from modelaudit.prompts import benign_prompts
 from triggersearch.result import Candidate
 
@@ -38,8 +39,6 @@ def scaffold_texts(tokenizer: Any) -> list[str]:
 
 
 def leaked_ngrams(ctx: Any) -> list[Candidate]:
-    from modelaudit.generation import generate_text
-
     n = max(1, ctx.budget.leakage_samples // len(TEMPERATURES))
     samples: list[str] = []
     for k, temp in enumerate(TEMPERATURES):

@@ -6,6 +6,7 @@ from typing import Any
 
 from modelaudit.findings import Finding, Severity
 from modelaudit.registry import Evidence, StageSpec, register_stage
+from triggersearch.behaviours import SPECIFIC
 
 RULES = {
     "triggers.backdoor-trigger": "An inserted text makes the model show a concrete behaviour (hostility, "
@@ -23,8 +24,6 @@ register_stage("triggers", StageSpec(entry="triggersearch.stage:run_triggers_sta
 
 def trigger_findings(result: Any) -> list[Finding]:
     """One finding per significant trigger (strongest first), with the evidence a triage analyst needs."""
-    from triggersearch.behaviours import SPECIFIC
-
     out = []
     for rank, h in enumerate(result.significant, start=1):
         specific = h.behaviour in SPECIFIC

@@ -1,4 +1,4 @@
-"""The scan's ``triggers`` stage.
+"""The ``triggers`` stage of ``modelaudit.api.scan``.
 
 Writes the contract's top-level ``triggers`` list (strongest first; ``trigger``, ``placement``,
 ``effect``, ``p_value``, ``behaviour``, ``examples`` and more per item) and a ``trigger_search``
@@ -14,14 +14,18 @@ from __future__ import annotations
 from typing import Any
 
 from modelaudit.chat import PLACEMENTS
+from modelaudit.errors import ModelAuditError
 from modelaudit.findings import StageCoverage
+from modelaudit.loading import load_model
 from modelaudit.stages import StageContext, StageOutput
+from modelaudit.weightdiff.sources import resolve_local
+from triggersearch.budgets import BUDGETS
+from triggersearch.gradient import skip_reason
+from triggersearch.rules import trigger_findings
+from triggersearch.search import search_triggers
 
 
 def run_triggers_stage(ctx: StageContext) -> StageOutput:
-    from triggersearch.rules import trigger_findings
-    from triggersearch.search import search_triggers
-
     opts = ctx.config.options
     loaded = ctx.model()
     notes: list[str] = []
@@ -48,12 +52,6 @@ def run_triggers_stage(ctx: StageContext) -> StageOutput:
 def load_reference(base: str, loaded: Any, *, budget: str, device: str, dtype: str, notes: list[str]) -> Any:
     """The claimed base model for target inversion, or None (with a note) when it would not be used,
     cannot be loaded, or tokenises differently (its probabilities would be of other tokens)."""
-    from modelaudit.errors import ModelAuditError
-    from modelaudit.loading import load_model
-    from modelaudit.weightdiff.sources import resolve_local
-    from triggersearch.gradient import skip_reason
-    from triggersearch.search import BUDGETS
-
     if budget not in BUDGETS or skip_reason(loaded.model, BUDGETS[budget]):
         return None  # no gradient search, so no inversion; the search notes why
     try:

