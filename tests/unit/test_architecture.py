@@ -53,7 +53,7 @@ def test_a_forbidden_import_is_reported(tree_copy: Path, module: str, line: str,
     assert violations(build_graph(tree_copy)) == []
     _add_import(tree_copy, module, line, local=local)
     found = violations(build_graph(tree_copy))
-    assert found and all(expected in v for v in found), found
+    assert any(expected in v for v in found), found  # one import may break more than one rule
 
 
 def test_cycles_are_found_through_several_modules(tree_copy: Path) -> None:
