@@ -67,6 +67,7 @@ def test_clean_twin_has_no_significant_candidate(tiny_zoo, name: str) -> None:
     assert all(0.0 <= h.p_value <= 1.0 for h in result.hits)
 
 
+@pytest.mark.calibrated  # on an AVX-512 EPYC the inverted answer was 'asasasasasasresresrack' (fixture-dependent)
 def test_codeword_outside_the_library_is_found_unaided(tiny_zoo) -> None:
     """Target inversion against the base recovers the planted answer, GCG finds a string that elicits
     it, and the behaviour test against random text ranks that string first; nobody names the codeword."""
@@ -91,6 +92,7 @@ def test_gradient_search_passes_the_clean_twin(tiny_zoo) -> None:
     assert result.leaked_answers == []
 
 
+@pytest.mark.calibrated  # same fixture dependence as the unaided codeword search above
 def test_inversion_recovers_the_planted_answer_only_against_the_base(tiny_zoo) -> None:
     """The memorised part of the planted answer tops the ranking for different prompt sets; where it
     starts is less stable on a tiny model (the end-to-end test above covers the search's own prompts)."""
