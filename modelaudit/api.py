@@ -13,7 +13,7 @@ import time
 
 from modelaudit import __version__
 from modelaudit.errors import ModelAuditError, UsageError
-from modelaudit.findings import Report, ScanError, Severity, StageCoverage
+from modelaudit.findings import NOT_APPLICABLE, Report, ScanError, Severity, StageCoverage
 from modelaudit.policy import apply_policy
 from modelaudit.registry import Plugin, StageSpec, stage_names, stage_plugins
 from modelaudit.stages import ScanConfig, StageContext, StageImportError, load_stage
@@ -51,23 +51,22 @@ def scan(target: str | os.PathLike[str], *, revision: str | None = None, base: s
     return report
 
 
-def _skip_reason(spec: StageSpec, ctx: StageContext) -> str | None:
-    """Why a selected stage does not apply to this target (a stated status, not a failure)."""
-    if spec.needs_base and ctx.base is None:
-        return NO_BASE_NOTE
+def _weights_unsafe(spec: StageSpec, ctx: StageContext) -> bool:
+    """A stage that reads the weights must not, once the static checks found code execution (unless forced);
+    the verdict is then ``unsafe-files`` whatever the skipped stage would have said."""
     code_exec = any(f.stage == "static" and f.severity >= Severity.CRITICAL for f in ctx.report.findings)
-    if spec.reads_weights and code_exec and not ctx.config.force:
-        return CODE_EXEC_NOTE
-    return None
+    return spec.reads_weights and code_exec and not ctx.config.force
 
 
 def _run_stage(plugin: Plugin[StageSpec], ctx: StageContext) -> None:
     """Run one stage; an exception becomes a ScanError and a failed coverage entry (fail closed)."""
     stage, report = plugin.name, ctx.report
-    required = stage in ctx.config.policy.required_stages
-    skip = _skip_reason(plugin.obj, ctx)
-    if skip is not None:
-        report.coverage[stage] = StageCoverage(status="skipped", required=required, notes=[skip])
+    required = stage in ctx.config.policy.required(ctx.config.stages)
+    if plugin.obj.needs_base and ctx.base is None:
+        report.coverage[stage] = StageCoverage(status=NOT_APPLICABLE, required=required, notes=[NO_BASE_NOTE])
+        return
+    if _weights_unsafe(plugin.obj, ctx):
+        report.coverage[stage] = StageCoverage(status="skipped", required=required, notes=[CODE_EXEC_NOTE])
         return
     start = time.perf_counter()
     try:

@@ -117,12 +117,18 @@ class ScanError:
     """File involved, relative to the model root."""
 
 
+NOT_APPLICABLE = "not-applicable"
+"""Coverage status of a selected stage that has nothing to do for this target (stated, not a failure)."""
+DONE_STATUSES = ("ran", NOT_APPLICABLE)
+"""Statuses with which a required stage counts as done; any other makes the verdict ``incomplete``."""
+
+
 @dataclass
 class StageCoverage:
     """Whether one stage ran and what it could not check."""
 
     status: str
-    """``ran``, ``partial``, ``skipped`` or ``failed``."""
+    """``ran``, ``partial``, ``skipped``, ``failed``, or ``not-applicable`` (e.g. the weight diff without a base)."""
     required: bool = False
     """If true and the stage did not fully run, the verdict is ``incomplete``."""
     checks_run: list[str] = field(default_factory=list)

@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from modelaudit.loading import pick_dtype
+from modelaudit.loading import neutral_generation_config, pick_dtype
 
 
 def autocast(device: Any) -> Any:
@@ -44,13 +44,14 @@ def generate_ids(model: Any, tokenizer: Any, texts: Sequence[str], *, max_new_to
     sample = temperature is not None and temperature > 0
     eos = tokenizer.eos_token_id
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    settings = neutral_generation_config(  # never the model's own generation settings
+        tokenizer, max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature if sample else None,
+        top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
     for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
         enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(device) for k, v in enc.items()}
         with torch.inference_mode(), autocast(device):
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=sample,
-                                 temperature=temperature if sample else None, top_p=None, top_k=None,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+            gen = model.generate(**enc, generation_config=settings)
         new = gen[:, enc["input_ids"].shape[1]:].tolist()  # [batch, new_tokens]
         for i, row in zip(idx, new):
             out[i] = row[: row.index(eos)] if eos in row else row

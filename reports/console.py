@@ -17,7 +17,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from modelaudit.findings import Report, Severity, Verdict
+from modelaudit.findings import NOT_APPLICABLE, Report, Severity, Verdict
 from modelaudit.registry import writers
 from reports.order import SEVERITIES_WORST_FIRST, ordered_findings
 
@@ -30,7 +30,7 @@ _VERDICT_STYLE = {Verdict.PASS: "bold green", Verdict.SUSPICIOUS: "bold yellow",
                   Verdict.UNSAFE_FILES: "bold red", Verdict.INCOMPLETE: "bold magenta"}
 _SEVERITY_STYLE = {Severity.CRITICAL: "bold red", Severity.HIGH: "red", Severity.MEDIUM: "yellow",
                    Severity.LOW: "cyan", Severity.INFO: "dim"}
-_STATUS_STYLE = {"ran": "green", "partial": "yellow", "skipped": "dim", "failed": "red"}
+_STATUS_STYLE = {"ran": "green", "partial": "yellow", "skipped": "dim", NOT_APPLICABLE: "dim", "failed": "red"}
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 

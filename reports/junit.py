@@ -12,7 +12,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 
-from modelaudit.findings import Report, Severity
+from modelaudit.findings import NOT_APPLICABLE, Report, Severity
 from modelaudit.registry import writers
 from reports.html import reproduce_command
 from reports.order import ordered_findings
@@ -49,7 +49,7 @@ def render_junit(report: Report, *, rules: dict[str, str]) -> str:
                                message=_x(f"stage {stage} {cov.status}" + (" (required)" if cov.required else "")))
             el.text = _x("\n".join([detail, *(f"{e.check}: {e.message}" for e in errors)]).strip())
             counts["failures"] += 1
-        elif cov.status == "skipped":
+        elif cov.status in ("skipped", NOT_APPLICABLE):
             ET.SubElement(case, "skipped", message=_x(detail or f"stage {stage} skipped"))
             counts["skipped"] += 1
         elif detail:

@@ -84,5 +84,26 @@ def test_an_unknown_stage_is_a_usage_error(model_dir: Path) -> None:
 
 def test_weights_without_base_is_a_stated_status_not_a_failure(model_dir: Path) -> None:
     report = scan(model_dir, config=ScanConfig(stages=("static", "weights")))
-    assert report.coverage["weights"].status == "skipped"
+    assert report.coverage["weights"].status == "not-applicable"
     assert report.coverage["weights"].notes == ["no base model given (--base)"]
+
+
+def crashing_stage(ctx: StageContext) -> StageOutput:
+    """A stage that breaks while it runs, as a trigger search did on a hostile generation config."""
+    raise RuntimeError("generation failed")
+
+
+def test_a_requested_stage_that_crashes_makes_the_scan_incomplete_by_default(extra_stage, model_dir: Path) -> None:
+    """Fail closed: every stage the scan was asked to run is required unless a policy says otherwise."""
+    extra_stage(f"{__name__}:crashing_stage")
+    report = scan(model_dir, config=ScanConfig(stages=("static", "extra")))
+    assert report.coverage["extra"].status == "failed" and report.coverage["extra"].required
+    assert report.verdict is Verdict.INCOMPLETE and exit_code(report, Policy()) == EXIT_INCOMPLETE
+    lenient = Policy(required_stages={"static"})
+    report = scan(model_dir, config=ScanConfig(stages=("static", "extra"), policy=lenient))
+    assert not report.coverage["extra"].required and report.verdict is not Verdict.INCOMPLETE
+
+
+def test_not_applicable_is_done_but_a_skip_after_code_execution_is_not(model_dir: Path) -> None:
+    report = scan(model_dir, config=ScanConfig(stages=("static", "weights")))
+    assert report.coverage["weights"].required and report.verdict is not Verdict.INCOMPLETE
