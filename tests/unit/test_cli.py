@@ -78,10 +78,13 @@ def test_unknown_format_is_usage_error_and_writes_nothing(clean_model: Path, tmp
 def test_hub_id_offline_cache(tmp_path: Path) -> None:
     make_hub_cache(tmp_path)
     out = tmp_path / "r.json"
+    code, _, err = _run("scan", "acme/tiny", "--cache-dir", str(tmp_path), "--offline", "--stages", "static",
+                        "--format", "json", "-o", str(out))
+    assert code in (0, 1), err  # resolution is the point; the bare cached repo cannot run the model stages
+    assert json.loads(out.read_text())["target"]["resolved_revision"] == SHA_MAIN
     code, _, err = _run("scan", "acme/tiny", "--cache-dir", str(tmp_path), "--offline", "--format", "json",
                         "-o", str(out))
-    assert code in (0, 1), err  # the tiny cached repo is a bare config + weights; verdict is not the point here
-    assert json.loads(out.read_text())["target"]["resolved_revision"] == SHA_MAIN
+    assert code == 3 and json.loads(out.read_text())["verdict"] == "incomplete", err  # model stages failed: closed
     code, _, err = _run("scan", "acme/absent", "--cache-dir", str(tmp_path), "--offline")
     assert code == 3 and "acme/absent@main" in err
 
