@@ -67,7 +67,9 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
         mode = _default_mode()
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        # backslashreplace: a file name that is not UTF-8 reaches the report as surrogate escapes; it is
+        # written as \udcXX text (the file stays valid UTF-8 and the name stays recognisable), never a crash
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())

@@ -31,7 +31,7 @@ SECURITY_SEVERITY = {Severity.CRITICAL: "9.5", Severity.HIGH: "8.0", Severity.ME
 
 def _uri(rel_path: str) -> str:
     """A relative path as a URI reference: spaces, ``#``, ``%`` and ``:`` would otherwise change its meaning."""
-    return quote(rel_path.replace("\\", "/"), safe="/")
+    return quote(rel_path.replace("\\", "/"), safe="/", errors="surrogateescape")  # non-UTF-8 names: their bytes
 
 
 def _root_uri(report: Report) -> str:

@@ -9,11 +9,10 @@ from typing import Any
 
 import click
 
-from modelaudit.cli.edge import ModelAuditCommand
+from modelaudit.cli.edge import ModelAuditCommand, write_output
 from modelaudit.errors import UsageError
 from modelaudit.policy import EXIT_FINDINGS, EXIT_PASS, parse_severity
 from modelaudit.weightdiff import diff_models, weight_findings
-from reports.output import write_atomic
 
 DIFF_FORMATS = ("console", "json")
 
@@ -46,7 +45,7 @@ def diff(model: str, base: str, reference: str | None, fmt: str, output: str | N
                         for f in findings]
     text = json.dumps(data, indent=2, allow_nan=False) + "\n" if fmt == "json" else _console(data, top)
     if output:
-        write_atomic(output, text)
+        write_output(output, text)
         click.echo(f"derived_from_base={str(result.derived_from_base).lower()}: written to {output}", err=True)
     else:
         click.echo(text, nl=False)

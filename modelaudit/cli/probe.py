@@ -11,10 +11,9 @@ from typing import Any
 import click
 
 from modelaudit.chat import PLACEMENTS, PREFIX
-from modelaudit.cli.edge import ModelAuditCommand
+from modelaudit.cli.edge import ModelAuditCommand, write_output
 from modelaudit.errors import UsageError
 from modelaudit.loading import load_model
-from reports.output import write_atomic
 
 PROBE_FORMATS = ("console", "json")
 
@@ -58,7 +57,7 @@ def probe(target: str, trigger: str, placement: str, base: str | None, fmt: str,
             "results": [r.to_dict() for r in results]}
     text = json.dumps(data, indent=2, allow_nan=False) + "\n" if fmt == "json" else _console(results)
     if output:
-        write_atomic(output, text)
+        write_output(output, text)
         click.echo(f"auroc={main.auroc:.3f} (layer {main.best_layer}): written to {output}", err=True)
     else:
         click.echo(text, nl=False)

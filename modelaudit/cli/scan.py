@@ -12,7 +12,7 @@ from modelaudit.api import ScanConfig
 from modelaudit.api import scan as run_scan
 from modelaudit.bench import run_bench, to_markdown
 from modelaudit.chat import PLACEMENTS
-from modelaudit.cli.edge import ModelAuditCommand
+from modelaudit.cli.edge import ModelAuditCommand, write_output
 from modelaudit.demo import run_demo
 from modelaudit.errors import InvalidModelFileError, UsageError
 from modelaudit.findings import Report
@@ -20,7 +20,7 @@ from modelaudit.policy import Policy, exit_code, parse_severity
 from modelaudit.registry import stage_names, trigger_generators, writers
 from modelaudit.stages import BUDGETS
 from reports.console import print_report
-from reports.output import render, write_atomic
+from reports.output import render
 
 def parse_stages(text: str | None) -> tuple[str, ...]:
     """Stage names from ``--stages`` (default: every registered stage).
@@ -131,9 +131,9 @@ def bench(zoo_dir: str, stages: str | None, budget: str, output: str, resume: bo
     """Scan every model of a built zoo blind, then score the scans against its truth manifests."""
     result = run_bench(zoo_dir, stages=",".join(parse_stages(stages)), budget=budget, progress=True, reports_dir=f"{output}-reports",
                        resume=resume)
-    write_atomic(f"{output}.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    write_output(f"{output}.json", json.dumps(result.to_dict(), indent=2) + "\n")
     md = to_markdown(result)
-    write_atomic(f"{output}.md", md)
+    write_output(f"{output}.md", md)
     click.echo(md, nl=False)
 
 
@@ -160,7 +160,7 @@ def render_check(fmt: str) -> None:
 
 def _emit(report: Report, fmt: str, output: str | None) -> None:
     if output:
-        write_atomic(output, render(report, fmt))
+        write_output(output, render(report, fmt))
         click.echo(f"{report.verdict.value}: report written to {output}", err=True)
     elif fmt == "console":
         print_report(report, Console(width=None if sys.stdout.isatty() else 120))

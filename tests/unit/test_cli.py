@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,42 @@ def test_console_output_shows_verdict(tampered_model: Path) -> None:
     code, stdout, _ = _run("scan", str(tampered_model), "--stages", "static")
     assert code == 1
     assert "unsafe-files" in stdout and "static.pickle" in stdout
+
+
+@pytest.mark.parametrize("fmt", ["sarif", "html", "junit", "markdown", "json"])
+def test_a_file_name_that_is_not_utf8_is_reported_not_a_crash(clean_model: Path, tmp_path: Path, fmt: str) -> None:
+    """Issue 17 item 13: a non-UTF-8 file name crashed the SARIF, HTML and Markdown writers."""
+    import os
+    import shutil
+
+    folder = tmp_path / "odd"
+    shutil.copytree(clean_model, folder)
+    with open(os.path.join(os.fsencode(folder), b"we\xffird.bin"), "wb") as fh:
+        fh.write(b"not a model file")
+    out = tmp_path / f"r.{fmt}"
+    code, stdout, err = _run("scan", str(folder), "--stages", "static", "--format", fmt, "-o", str(out))
+    assert code in (0, 1) and "Traceback" not in stdout + err, err
+    text = out.read_text(encoding="utf-8")  # valid UTF-8 however odd the name
+    if fmt == "junit":
+        ET.fromstring(text)  # well-formed XML
+    else:
+        assert "we%FFird.bin" in text if fmt == "sarif" else "ird.bin" in text
+
+
+def test_an_unwritable_output_path_is_a_usage_error(clean_model: Path) -> None:
+    """Issue 17 item 14: ``-o /proc/nope/r.json`` printed a traceback and exited 1."""
+    code, stdout, err = _run("scan", str(clean_model), "--stages", "static", "-o", "/proc/nope/r.json")
+    assert code == 2 and "/proc/nope/r.json: cannot write the output file" in err
+    assert "Traceback" not in stdout + err
+
+
+def test_an_unexpected_error_is_one_line_and_fails_closed(monkeypatch: pytest.MonkeyPatch, clean_model: Path) -> None:
+    """A bug inside a command must neither pass a gate (exit 0/1) nor print a traceback at the user."""
+    scan_cli = importlib.import_module("modelaudit.cli.scan")  # the package's `scan` attribute is the command
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(scan_cli, "run_scan", broken)
+    code, stdout, err = _run("scan", str(clean_model), "--stages", "static")
+    assert code == 3 and "unexpected TypeError: a bug" in err and "Traceback" not in stdout + err
