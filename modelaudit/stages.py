@@ -2,8 +2,9 @@
 
 Built-in stages and third-party ones are the same kind of plugin: a ``StageSpec`` registered with
 ``modelaudit.registry.register_stage`` under the stage's name, naming its function by dotted path. The
-function is imported only when a scan selects the stage, so a static-only scan never imports torch,
-and a stage whose import fails is a failed stage (the scan is incomplete), never a missing one.
+function is imported only when a scan selects the stage, so starting the CLI or loading the plugins
+does not import a behavioural stage's torch code, and a stage whose import fails is a failed stage
+(the scan is incomplete), never a missing one.
 """
 
 from __future__ import annotations
