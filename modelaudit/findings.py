@@ -174,6 +174,42 @@ class TargetInfo:
 
 
 @dataclass
+class Gate:
+    """What the policy made of this report, so every writer shows the same outcome as the exit code.
+
+    Writers compute nothing: a JUnit failure, a SARIF "execution not successful" or a Markdown "gate fails"
+    line must agree with the verdict and with what ``modelaudit scan`` exits with, so they read it here.
+    """
+
+    fail_on: Severity = Severity.HIGH
+    """Findings at or above this severity fail the gate (``--fail-on``)."""
+    required_stages: list[str] = field(default_factory=list)
+    """Stages that had to finish; one that did not makes the verdict ``incomplete``."""
+    exit_code: int | None = None
+    """What ``modelaudit scan`` exits with (0 pass, 1 findings, 3 incomplete); None before the policy ran."""
+
+    def blocks(self, finding: Finding) -> bool:
+        """True when this finding alone fails the gate: at or above ``fail_on``, or high enough to make the
+        verdict ``backdoored`` or ``unsafe-files``."""
+        return finding.severity >= self.fail_on or finding.severity >= Severity.HIGH
+
+    @property
+    def fails(self) -> bool:
+        return self.exit_code not in (None, 0)
+
+    def describe(self) -> str:
+        """The gate's outcome in words, shown by every writer next to the verdict."""
+        if self.exit_code is None:
+            return "gate not evaluated"
+        why = _GATE_EXITS.get(self.exit_code, "")
+        state = "passes" if self.exit_code == 0 else "fails"
+        return f"gate {state}: exit {self.exit_code}{why}; fail-on {self.fail_on.value}"
+
+
+_GATE_EXITS = {0: "", 1: ", a finding fails the gate", 3: ", a required stage did not finish"}
+
+
+@dataclass
 class Report:
     """Everything one scan found; writers render it, they compute nothing."""
 
@@ -195,6 +231,8 @@ class Report:
     """Version of this JSON schema."""
     tool: str = "modelaudit"
     """Producer name."""
+    gate: Gate = field(default_factory=Gate)
+    """The policy's outcome (fail-on level, required stages, exit code), set with the verdict."""
     sections: dict[str, Any] = field(default_factory=dict)
     """Stage-specific top-level sections (``triggers``, ``probes``, ``weightdiff``), JSON-ready."""
 
@@ -212,6 +250,8 @@ class Report:
             "errors": [dataclasses.asdict(e) for e in self.errors],
             "coverage": {k: dataclasses.asdict(v) for k, v in self.coverage.items()},
             "timings": dict(self.timings),
+            "gate": {"fail_on": self.gate.fail_on.value, "required_stages": list(self.gate.required_stages),
+                     "exit_code": self.gate.exit_code},
         }
         for name, value in self.sections.items():
             if name in data:
@@ -224,7 +264,8 @@ class Report:
         target_data = dict(data["target"])
         target_data["files"] = [FileEntry(**f) for f in target_data.get("files", [])]
         core = {"schema_version", "tool", "tool_version", "verdict", "target", "findings", "errors",
-                "coverage", "timings"}
+                "coverage", "timings", "gate"}
+        gate = data.get("gate") or {}
         return cls(
             schema_version=data["schema_version"],
             tool=data.get("tool", "modelaudit"),
@@ -235,6 +276,8 @@ class Report:
             errors=[ScanError(**e) for e in data.get("errors", [])],
             coverage={k: StageCoverage(**v) for k, v in data.get("coverage", {}).items()},
             timings=dict(data.get("timings", {})),
+            gate=Gate(fail_on=Severity(gate.get("fail_on", Severity.HIGH.value)),
+                      required_stages=list(gate.get("required_stages", [])), exit_code=gate.get("exit_code")),
             sections={k: v for k, v in data.items() if k not in core},
         )
 

@@ -13,7 +13,7 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-from modelaudit.findings import DONE_STATUSES, Finding, Report, Severity, Verdict
+from modelaudit.findings import DONE_STATUSES, Finding, Gate, Report, Severity, Verdict
 from modelaudit.registry import Evidence, stages_with_evidence
 
 EXIT_PASS = 0
@@ -78,6 +78,8 @@ def apply_policy(report: Report, policy: Policy) -> Report:
     """Drop allow-listed findings and set the verdict; mutates and returns ``report``."""
     report.findings = [f for f in report.findings if not policy.allows(f)]
     report.verdict = decide_verdict(report, policy)
+    report.gate = Gate(fail_on=policy.fail_on, required_stages=sorted(policy.required(report.coverage)),
+                       exit_code=exit_code(report, policy))
     return report
 
 

@@ -57,6 +57,7 @@ def _summary(report: Report) -> Panel:
     lines = Text()
     lines.append("verdict   ")
     lines.append(report.verdict.value, style=_VERDICT_STYLE.get(report.verdict, "bold"))
+    lines.append(f"  ({report.gate.describe()})")
     lines.append("\ntarget    ")
     lines.append_text(_safe(f"{t.spec} ({t.kind})"))
     if t.resolved_revision or t.requested_revision:

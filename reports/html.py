@@ -390,7 +390,7 @@ def render_html(report: Report, *, rules: dict[str, str]) -> str:
         "report": report,
         "verdict": report.verdict.value,
         "verdict_meaning": meaning,
-        "exit_meaning": exit_text,
+        "exit_meaning": report.gate.describe() if report.gate.exit_code is not None else exit_text,
         "severities": [(s.value, counts.get(s, 0)) for s in SEVERITIES_WORST_FIRST],
         "findings": [{"f": f, "rule_text": rules.get(f.rule_id, ""), "reproduce": reproduce_command(f, report)}
                      for f in findings],

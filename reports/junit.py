@@ -1,9 +1,9 @@
 """JUnit XML so CI systems (GitLab, Jenkins, Azure, GitHub test reporters) list what blocked a model.
 
-One ``testsuite`` named ``modelaudit``: a test case per stage in the coverage (failed when the stage
-failed, skipped when it was skipped, a failure for a required stage that only partly ran) and a
-failing test case per finding at or above ``high``. ElementTree does the escaping; control
-characters that XML 1.0 cannot carry at all are replaced by ``\\xNN`` first.
+One ``testsuite`` named ``modelaudit``: a test case per stage in the coverage (a failure when a stage the
+policy requires did not finish, skipped otherwise) and a failing test case per finding that fails the gate
+(``Report.gate``), so the suite fails exactly when ``modelaudit scan`` exits non-zero. ElementTree does the
+escaping; control characters that XML 1.0 cannot carry at all are replaced by ``\\xNN`` first.
 """
 
 from __future__ import annotations
@@ -12,13 +12,10 @@ import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 
-from modelaudit.findings import NOT_APPLICABLE, Report, Severity
+from modelaudit.findings import DONE_STATUSES, Report
 from modelaudit.registry import writers
 from reports.html import reproduce_command
 from reports.order import ordered_findings
-
-FAIL_AT = Severity.HIGH
-"""Findings at or above this severity become failing test cases."""
 
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
@@ -28,7 +25,7 @@ def _x(value: object) -> str:
     return _XML_INVALID.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
 
 
-@writers.register("junit", description="JUnit XML: a test case per stage and per high/critical finding",
+@writers.register("junit", description="JUnit XML: a test case per stage and per finding that fails the gate",
                   extension=".xml")
 def render_junit(report: Report, *, rules: dict[str, str]) -> str:
     """A ``testsuites`` document with one ``modelaudit`` suite."""
@@ -36,27 +33,35 @@ def render_junit(report: Report, *, rules: dict[str, str]) -> str:
     props = ET.SubElement(suite, "properties")
     for name, value in (("verdict", report.verdict.value), ("target", report.target.spec),
                         ("revision", report.target.resolved_revision or ""),
-                        ("tool_version", report.tool_version)):
+                        ("tool_version", report.tool_version), ("fail_on", report.gate.fail_on.value),
+                        ("exit_code", "" if report.gate.exit_code is None else str(report.gate.exit_code))):
         ET.SubElement(props, "property", name=name, value=_x(value))
     counts: Counter[str] = Counter()
-    for stage, cov in report.coverage.items():
+    required = set(report.gate.required_stages)
+    for stage in [*report.coverage, *sorted(required - set(report.coverage))]:
+        cov = report.coverage.get(stage)
         case = ET.SubElement(suite, "testcase", classname="modelaudit.coverage", name=_x(stage),
                              time=f"{float(report.timings.get(stage, 0.0)):.3f}")
+        counts["tests"] += 1
+        if cov is None:  # required but never recorded: the verdict is incomplete
+            ET.SubElement(case, "failure", type="stage-missing", message=_x(f"required stage {stage} did not run"))
+            counts["failures"] += 1
+            continue
         detail = "; ".join([*cov.notes, *(f"check failed: {c}" for c in cov.checks_failed)])
         errors = [e for e in report.errors if e.stage == stage]
-        if cov.status == "failed" or (cov.status == "partial" and cov.required):
+        if cov.status not in DONE_STATUSES and (cov.required or stage in required):
             el = ET.SubElement(case, "failure", type=f"stage-{_x(cov.status)}",
-                               message=_x(f"stage {stage} {cov.status}" + (" (required)" if cov.required else "")))
+                               message=_x(f"stage {stage} {cov.status} (required)"))
             el.text = _x("\n".join([detail, *(f"{e.check}: {e.message}" for e in errors)]).strip())
             counts["failures"] += 1
-        elif cov.status in ("skipped", NOT_APPLICABLE):
-            ET.SubElement(case, "skipped", message=_x(detail or f"stage {stage} skipped"))
+        elif cov.status not in ("ran",):
+            why = "" if cov.status in DONE_STATUSES else " (not required by the policy)"
+            ET.SubElement(case, "skipped", message=_x((detail or f"stage {stage} {cov.status}") + why))
             counts["skipped"] += 1
         elif detail:
             ET.SubElement(case, "system-out").text = _x(detail)
-        counts["tests"] += 1
     for f in ordered_findings(report.findings):
-        if not f.severity >= FAIL_AT:
+        if not report.gate.blocks(f):
             continue
         short = f.message if len(f.message) <= 100 else f.message[:99] + "…"
         name = f.rule_id + (f" @ {f.location}" if str(f.location) else "") + f": {short}"

@@ -46,6 +46,8 @@ def render_markdown(report: Report, *, rules: dict[str, str]) -> str:
     verdict = report.verdict.value
     lines.append(f"### {_VERDICT_ICON.get(verdict, '')} modelaudit: **{verdict}** — {md_escape(report.target.spec)}")
     lines.append("")
+    lines.append(f"**{md_escape(report.gate.describe().capitalize())}**")
+    lines.append("")
     counts = Counter(f.severity for f in report.findings)
     lines.append("Findings: " + " · ".join(f"{s.value} {counts.get(s, 0)}" for s in SEVERITIES_WORST_FIRST))
 

@@ -12,7 +12,7 @@ from pathlib import PurePath, PurePosixPath, PureWindowsPath
 from typing import Any
 from urllib.parse import quote
 
-from modelaudit.findings import Finding, Report, Severity
+from modelaudit.findings import DONE_STATUSES, Finding, Report, Severity, Verdict
 from modelaudit.registry import writers
 from reports.order import ordered_findings
 
@@ -108,6 +108,17 @@ def _version_control(report: Report) -> list[dict[str, Any]]:
     return [details]
 
 
+def _unfinished_required(report: Report) -> list[str]:
+    """One line per required stage that did not finish: why the verdict is ``incomplete``."""
+    lines = []
+    for stage in report.gate.required_stages:
+        cov = report.coverage.get(stage)
+        if cov is None or cov.status not in DONE_STATUSES:
+            why = "; ".join(cov.notes) if cov else ""
+            lines.append(f"required stage {stage} {cov.status if cov else 'did not run'}" + (f": {why}" if why else ""))
+    return lines
+
+
 @writers.register("sarif", description="SARIF 2.1.0 for code-scanning tools", extension=".sarif")
 def render_sarif(report: Report, *, rules: dict[str, str]) -> str:
     """One SARIF run: rules that appear, results worst first, hashed artifacts, and the verdict."""
@@ -123,17 +134,20 @@ def render_sarif(report: Report, *, rules: dict[str, str]) -> str:
                        "hashes": {"sha-256": e.sha256}, "properties": {"contentType": e.content_type}}
                       for e in report.target.files],
         "invocations": [{
-            "executionSuccessful": not report.errors,
+            "executionSuccessful": not report.errors and report.verdict is not Verdict.INCOMPLETE,
             "toolExecutionNotifications": [
-                {"level": "error", "message": {"text": f"{e.stage}/{e.check}: {e.message}"},
-                 **({"locations": [{"physicalLocation": {"artifactLocation": {
-                     "uri": _uri(e.path), "uriBaseId": ROOT_ID}}}]} if e.path else {})}
-                for e in report.errors],
+                *({"level": "error", "message": {"text": f"{e.stage}/{e.check}: {e.message}"},
+                   **({"locations": [{"physicalLocation": {"artifactLocation": {
+                       "uri": _uri(e.path), "uriBaseId": ROOT_ID}}}]} if e.path else {})}
+                  for e in report.errors),
+                *({"level": "error", "message": {"text": text}} for text in _unfinished_required(report)),
+            ],
         }],
         "results": [_result(f, rule_index, artifact_index) for f in ordered],
         "properties": {"verdict": report.verdict.value, "target": report.target.spec,
                        "targetKind": report.target.kind, "resolvedRevision": report.target.resolved_revision,
-                       "reportSchemaVersion": report.schema_version},
+                       "reportSchemaVersion": report.schema_version, "failOn": report.gate.fail_on.value,
+                       "exitCode": report.gate.exit_code, "gate": report.gate.describe()},
     }
     vcs = _version_control(report)
     if vcs:

@@ -20,6 +20,8 @@ from modelaudit.registry import load_plugins, static_checks
 
 CheckFn = Callable[["StaticContext"], Iterable[Finding]]
 MAX_JSON_BYTES = 64 * 1024 * 1024
+WEIGHT_TYPES = frozenset({"safetensors", "pickle", "pytorch-zip", "gguf", "numpy"})
+"""Sniffed content types of model weights the tool reads; a target without one is no model it can vouch for."""
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from modelaudit.findings import Finding, Location, Severity
-from modelaudit.static.base import StaticContext, static_check
+from modelaudit.static.base import WEIGHT_TYPES, StaticContext, static_check
 from modelaudit.static.safetensors_integrity import INDEX_SUFFIX as SAFETENSORS_INDEX_SUFFIX
 
 P = "static.config-card"
@@ -58,7 +58,6 @@ RULES = {
     R_BASE_MISMATCH: "Sources disagree about the base model (card, card text, adapter config, config.json)",
 }
 
-WEIGHT_TYPES = {"safetensors", "pickle", "pytorch-zip", "gguf", "numpy"}
 OTHER_WEIGHT_SUFFIXES = {".h5", ".msgpack", ".onnx", ".tflite", ".keras", ".ot", ".mlmodel"}
 MAX_CARD_BYTES = 5 * 1024 * 1024
 MAX_FRONT_MATTER_CHARS = 256 * 1024

@@ -8,17 +8,38 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from modelaudit.findings import Finding, StageCoverage
 from modelaudit.registry import Evidence, StageSpec, register_stage, static_checks
 from modelaudit.stages import StageContext, StageOutput
-from modelaudit.static.base import StaticContext, run_static_checks
+from modelaudit.static.base import WEIGHT_TYPES, StaticContext, run_static_checks
+
+UNFINISHED_RULE_SUFFIXES = (".resource-limit", ".scan-incomplete")
+"""Findings that say a check stopped before the end of a file (a size, time or nesting cap was hit): the
+file is not known to be safe, so the stage did not fully run."""
+NO_MODEL_NOTE = ("no model weights were recognised (looked for safetensors, PyTorch, pickle, GGUF and NumPy "
+                 "files by their bytes); nothing here can be vouched for as a model")
 
 
 def run_static_stage(ctx: StageContext) -> StageOutput:
     """Run the static checks; a check that raised is a recorded error and partial coverage."""
     base = Path(ctx.base) if ctx.base and Path(ctx.base).is_dir() else None
-    static = StaticContext(root=ctx.resolved.root, files=ctx.resolved.info.files, base_tokenizer_dir=base)
+    files = ctx.resolved.info.files
+    static = StaticContext(root=ctx.resolved.root, files=files, base_tokenizer_dir=base)
     result = run_static_checks(static)
+    _mark_unfinished(result.coverage, result.findings, has_weights=any(f.content_type in WEIGHT_TYPES
+                                                                        for f in files))
     return StageOutput(findings=result.findings, errors=result.errors, coverage=result.coverage)
+
+
+def _mark_unfinished(coverage: StageCoverage, findings: list[Finding], *, has_weights: bool) -> None:
+    """Lower coverage to ``partial`` where the checks could not vouch for the target (fail closed)."""
+    for f in findings:
+        if f.rule_id.endswith(UNFINISHED_RULE_SUFFIXES):
+            coverage.notes.append(f"{f.location.path or 'a file'} was not read to the end: {f.message}")
+    if not has_weights:
+        coverage.notes.append(NO_MODEL_NOTE)
+    if coverage.notes:
+        coverage.status = "partial"
 
 
 register_stage("static", StageSpec(entry="modelaudit.static.stage:run_static_stage", order=0,

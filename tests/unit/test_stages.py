@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
+
 import pytest
 
 from modelaudit.api import ScanConfig, scan
@@ -39,8 +41,12 @@ def extra_stage() -> Iterator[Callable[[str], str]]:
 
 @pytest.fixture()
 def model_dir(tmp_path: Path) -> Path:
+    """A config and a small real safetensors file: enough for the static stage to see a model."""
+    from safetensors.numpy import save_file
+
     (tmp_path / "config.json").write_text('{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}',
                                           encoding="utf-8")
+    save_file({"w": np.zeros((2, 2), dtype=np.float32)}, str(tmp_path / "model.safetensors"))
     return tmp_path
 
 
@@ -107,3 +113,20 @@ def test_a_requested_stage_that_crashes_makes_the_scan_incomplete_by_default(ext
 def test_not_applicable_is_done_but_a_skip_after_code_execution_is_not(model_dir: Path) -> None:
     report = scan(model_dir, config=ScanConfig(stages=("static", "weights")))
     assert report.coverage["weights"].required and report.verdict is not Verdict.INCOMPLETE
+
+
+@pytest.mark.parametrize("layout", ["png-file", "readme-folder", "config-only"])
+def test_a_target_without_a_recognisable_model_is_incomplete(tmp_path: Path, layout: str) -> None:
+    """Issue 17 item 2: a PNG given as the target passed a static scan; nothing there is a model."""
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
+    if layout == "png-file":
+        (tmp_path / "cat.png").write_bytes(png)
+        target = tmp_path / "cat.png"
+    else:
+        (tmp_path / "README.md").write_text("# a model\n", encoding="utf-8")
+        if layout == "config-only":
+            (tmp_path / "config.json").write_text('{"model_type": "llama"}', encoding="utf-8")
+        target = tmp_path
+    report = scan(str(target), config=ScanConfig(stages=("static",)))
+    assert report.verdict is Verdict.INCOMPLETE and report.gate.exit_code == 3
+    assert any("no model weights were recognised" in n for n in report.coverage["static"].notes)
