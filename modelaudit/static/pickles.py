@@ -10,9 +10,10 @@ Two detectors run on each pickle stream, and neither ever unpickles it:
   ``inspect.getattr_static(os.path, 'os')``, ``operator.attrgetter('os.system')``, STACK_GLOBAL operands
   fetched from the memo.
 
-Containers are walked by us (raw pickle, PyTorch zip, plain zip, tar, gzip/bz2/xz, object-dtype ``.npy``,
-legacy ``torch.save`` streams) with bounded nesting depth, member count and decompressed bytes, so an
-archive bomb becomes a finding instead of an out-of-memory crash. When a stream cannot be analysed to the
+Containers are walked by us (raw pickle, PyTorch zip, plain zip, tar, gzip/bz2/xz, joblib's zlib/lzma/``ZF``
+streams, object-dtype ``.npy``, legacy ``torch.save`` streams) with bounded nesting depth, member count and
+decompressed bytes, spooling members to temporary files, so an archive bomb becomes a finding instead of an
+out-of-memory crash. Zip members are read the way torch reads them (CRC not enforced), and tampering is reported. When a stream cannot be analysed to the
 end we say so with a finding (fail closed) rather than pass it.
 """
 
@@ -732,7 +733,7 @@ _ZIP64_SIZE = 0xFFFFFFFF
 
 # What zipfile raises on hostile archives: unsupported versions/methods, encryption, bad CRCs, lying sizes.
 _ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError)
-_DECOMPRESS_ERRORS = (OSError, EOFError, lzma.LZMAError, ValueError, zlib.error)
+_DECOMPRESS_ERRORS = (OSError, EOFError, lzma.LZMAError, ValueError, zlib.error, zipfile.BadZipFile)
 
 
 class LimitExceeded(ValueError):

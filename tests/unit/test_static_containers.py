@@ -191,3 +191,12 @@ def test_truncated_compressed_stream_is_scanned_up_to_the_break(tmp_path: Path) 
     findings = scan_one(tmp_path, "model.joblib", whole[: len(whole) // 2])
     assert flagged_critical(findings), summary(findings)
     assert any(f.rule_id == "static.pickle.scan-incomplete" for f in findings)
+
+
+def test_bzip2_member_with_bad_crc_is_incomplete_not_a_crash(tmp_path: Path) -> None:
+    """Members zipfile decompresses for us (bzip2, lzma) keep its CRC check: a failure is a named finding."""
+    data = ps.zip_with_bad_crc(ps.zip_of({"model.pkl": ps.os_system_payload()}, compression=zipfile.ZIP_BZIP2),
+                               "model.pkl")
+    findings = scan_one(tmp_path, "weights.zip", data)
+    assert {"static.pickle.scan-incomplete", "static.pickle.archive-tampered"} & {f.rule_id for f in findings}, \
+        summary(findings)
