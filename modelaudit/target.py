@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import lzma
 import os
 import pickletools
 import re
 import struct
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,13 @@ _HASH_CHUNK = 8 * 1024 * 1024
 _PICKLE_SNIFF_LIMIT = 8 * 1024 * 1024
 # Opcodes a real pickle can start with (protocol 0/1 have no PROTO header).
 _PICKLE_FIRST_OPCODES = set(b"(c}])NIFLSVUJKMGTX\x80\x8c\x95")
+# A stream without a real magic number (zlib's two bytes, lzma "alone"'s properties byte) is believed only when
+# a trial decompression of this much of its head succeeds and yields bytes.
+_TRIAL_INPUT = 4096
+_TRIAL_OUTPUT = 64
+# joblib < 0.10 wrote b"ZF" + hex(length) padded to 19 bytes, then one zlib stream.
+_JOBLIB_ZFILE = re.compile(rb"ZF0x[0-9a-fA-F]+L? *")
+JOBLIB_ZFILE_HEADER = 21
 
 
 @dataclass
@@ -144,7 +153,8 @@ def _entry(root: Path, rel: str) -> FileEntry:
 
 
 def magic(head: bytes) -> str | None:
-    """Format named by leading bytes alone; None when they name none.
+    """Format named by leading bytes alone (and a bounded trial decompression for streams without a magic
+    number); None when they name none.
 
     The one magic-byte table: file sniffing below and the pickle scanner's walk through nested
     containers (whose members have no path to look at) both read it.
@@ -171,7 +181,27 @@ def magic(head: bytes) -> str | None:
         return "tar"
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "pickle"
+    return _headerless_compression(head)
+
+
+def _headerless_compression(head: bytes) -> str | None:
+    """zlib, lzma "alone" and old joblib streams, which ``joblib.load`` opens by their first bytes (``x``,
+    ``]\\x00``, ``ZF``) whatever the file is called: named only when a bounded trial decompression works."""
+    if head.startswith(b"ZF") and _JOBLIB_ZFILE.fullmatch(head[:JOBLIB_ZFILE_HEADER]):
+        return "joblib-zfile" if _trial(zlib.decompressobj(), head[JOBLIB_ZFILE_HEADER:]) else None
+    if len(head) >= 2 and head[0] == 0x78 and (head[0] << 8 | head[1]) % 31 == 0:
+        return "zlib" if _trial(zlib.decompressobj(), head) else None
+    if head.startswith(b"]\x00"):
+        return "lzma" if _trial(lzma.LZMADecompressor(format=lzma.FORMAT_ALONE), head) else None
     return None
+
+
+def _trial(decompressor: zlib._Decompress | lzma.LZMADecompressor, head: bytes) -> bool:
+    """Whether the start of ``head`` decompresses to some bytes without an error (bounded in and out)."""
+    try:
+        return bool(decompressor.decompress(head[:_TRIAL_INPUT], _TRIAL_OUTPUT))
+    except (zlib.error, lzma.LZMAError, EOFError):
+        return False
 
 
 def sniff(path: Path, head: bytes, size: int) -> str:

@@ -338,3 +338,90 @@ def write_sample(sample: Sample, folder: Path) -> Path:
 def write_samples(folder: Path, *, include_torch: bool = True) -> dict[str, Path]:
     """Write every sample (optionally skipping those that import torch); name -> file path."""
     return {s.name: write_sample(s, folder) for s in SAMPLES if include_torch or not s.needs_torch}
+
+
+# --- containers that hide pickles from scanners (issue 17 items 5, 6, 7, 15) ----------------------------
+
+def canary_payload(canary: Path) -> bytes:
+    """``os.system('touch <canary>')``: if the file ever exists, something unpickled the sample."""
+    return pickle.dumps(_Reduce(os.system, (f"touch {canary}",)), protocol=4)
+
+
+def exec_payload() -> bytes:
+    return pickle.dumps(_Reduce(exec, ("import os; os.system('echo pwned')",)), protocol=2)
+
+
+def npy_with_descr(descr: object, pickle_payload: bytes, *, header_bytes: int = 0) -> bytes:
+    """An ``.npy`` whose header holds ``descr`` as written, padded with spaces to ``header_bytes`` at least
+    (format 2.0, a 4-byte length, when it no longer fits format 1.0's two bytes)."""
+    text = repr({"descr": descr, "fortran_order": False, "shape": (1,)}).encode("latin1")
+    length = max(len(text) + 1, header_bytes)
+    version, size_field = (b"\x01\x00", "<H") if length < 0xFFFF - 64 else (b"\x02\x00", "<I")
+    preamble = 8 + struct.calcsize(size_field)
+    length += -(preamble + length) % 64
+    header = text + b" " * (length - len(text) - 1) + b"\n"
+    return b"\x93NUMPY" + version + struct.pack(size_field, len(header)) + header + pickle_payload
+
+
+def joblib_dump_bytes(obj: object, compress: object, folder: Path, name: str = "model.dat") -> bytes:
+    """What ``joblib.dump(obj, path, compress=compress)`` writes (it only serialises; nothing is loaded)."""
+    import joblib
+
+    path = folder / name
+    joblib.dump(obj, path, compress=compress)
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+def joblib_malicious(canary: Path) -> object:
+    """An object for ``joblib.dump`` whose pickle calls ``os.system`` with a canary command."""
+    return {"model": _Reduce(os.system, (f"touch {canary}",)), "n": 3}
+
+
+def _central_entry(data: bytes, member: str) -> int:
+    """Offset of ``member``'s central directory record."""
+    name = member.encode()
+    pos = data.find(b"PK\x01\x02")
+    while pos != -1:
+        (name_len,) = struct.unpack("<H", data[pos + 28:pos + 30])
+        if data[pos + 46:pos + 46 + name_len] == name:
+            return pos
+        pos = data.find(b"PK\x01\x02", pos + 4)
+    raise KeyError(member)
+
+
+def zip_with_bad_crc(data: bytes, member: str) -> bytes:
+    """Flip ``member``'s CRC in both its local header and the central directory (CVE-2025-10156: zipfile then
+    refuses the member, torch.load ignores the CRC and unpickles it)."""
+    out = bytearray(data)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        local = zf.getinfo(member).header_offset
+    central = _central_entry(data, member)
+    for crc_at in (local + 14, central + 16):
+        out[crc_at:crc_at + 4] = bytes(b ^ 0xFF for b in out[crc_at:crc_at + 4])
+    return bytes(out)
+
+
+def zip_with_local_crc_mismatch(data: bytes, member: str) -> bytes:
+    """Change only the local header's CRC, so it disagrees with the central directory."""
+    out = bytearray(data)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        local = zf.getinfo(member).header_offset
+    out[local + 14:local + 18] = b"\xde\xad\xbe\xef"
+    return bytes(out)
+
+
+def write_zip_bomb(path: Path, *, member_bytes: int, members: int = 1) -> Path:
+    """A deflated zip of ``members`` pickle-looking members of ``member_bytes`` each (a PROTO header, then
+    zeros), written in a stream: the file is about a thousandth of what it expands to."""
+    chunk = bytes(1 << 20)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(members):
+            with zf.open(f"model{i}.pkl", "w", force_zip64=True) as fh:
+                fh.write(PROTO4)
+                left = member_bytes - len(PROTO4)
+                while left > 0:
+                    fh.write(chunk[:left])
+                    left -= len(chunk)
+    return path

@@ -10,9 +10,10 @@ Two detectors run on each pickle stream, and neither ever unpickles it:
   ``inspect.getattr_static(os.path, 'os')``, ``operator.attrgetter('os.system')``, STACK_GLOBAL operands
   fetched from the memo.
 
-Containers are walked by us (raw pickle, PyTorch zip, plain zip, tar, gzip/bz2/xz, object-dtype ``.npy``,
-legacy ``torch.save`` streams) with bounded nesting depth, member count and decompressed bytes, so an
-archive bomb becomes a finding instead of an out-of-memory crash. When a stream cannot be analysed to the
+Containers are walked by us (raw pickle, PyTorch zip, plain zip, tar, gzip/bz2/xz, joblib's zlib/lzma/``ZF``
+streams, object-dtype ``.npy``, legacy ``torch.save`` streams) with bounded nesting depth, member count and
+decompressed bytes, spooling members to temporary files, so an archive bomb becomes a finding instead of an
+out-of-memory crash. Zip members are read the way torch reads them (CRC not enforced), and tampering is reported. When a stream cannot be analysed to the
 end we say so with a finding (fail closed) rather than pass it.
 """
 
@@ -27,6 +28,7 @@ import pickletools  # nosec B403 - opcode parsing only; nothing is ever unpickle
 import re
 import struct
 import tarfile
+import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -39,7 +41,7 @@ from modelaudit_picklescan import PickleReport, PickleScanner, ScanOptions, Scan
 
 from modelaudit.findings import FileEntry, Finding, Location, Severity
 from modelaudit.static.base import StaticContext, static_check
-from modelaudit.target import magic
+from modelaudit.target import JOBLIB_ZFILE_HEADER, magic
 
 RULES = {
     "static.pickle.dangerous-call": "A pickle invokes a callable that can execute code (directly or via getattr)",
@@ -54,12 +56,14 @@ RULES = {
     "static.pickle.suspicious-string": "A pickle string literal looks like code, a shell command or a URL",
     "static.pickle.trailing-data": "Bytes after the last pickle that are not a pickle (ignored by the unpickler)",
     "static.pickle.engine-finding": "Another finding of the pickle engine, kept with its rule code",
+    "static.pickle.archive-tampered": "An archive member's CRC or local header disagrees with the central directory",
 }
 
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"})
 # Content types that are never unpickled by their loaders, whatever their extension says.
 _NEVER_PICKLE = frozenset({"safetensors", "gguf", "json", "empty", "elf", "pe", "macho"})
-_CONTAINER_TYPES = frozenset({"pickle", "pytorch-zip", "zip", "zip-corrupt", "gzip", "bz2", "xz", "tar", "numpy"})
+_CONTAINER_TYPES = frozenset({"pickle", "pytorch-zip", "zip", "zip-corrupt", "gzip", "bz2", "xz", "lzma", "zlib",
+                              "joblib-zfile", "tar", "numpy"})
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _STORAGE_MEMBER = re.compile(r"(^|/)data/\d+$")
 _VALID_FIRST_BYTES = frozenset(op.code.encode("latin-1")[0] for op in pickletools.opcodes)
@@ -171,8 +175,12 @@ class PickleLimits:
 
     max_depth: int = 4
     """Containers inside containers (zip in zip in gzip ...) followed below the file itself."""
-    max_payload_bytes: int = 1024 * 1024 * 1024
-    """Largest single pickle or nested archive held in memory for analysis."""
+    max_payload_bytes: int = 192 * 1024 * 1024
+    """Largest pickle stream held in memory (the engine needs it whole); with the simulation's transient copies
+    this keeps a scan's peak memory under 512 MiB."""
+    max_member_bytes: int = 1024 * 1024 * 1024
+    """Largest archive member or decompressed stream extracted for analysis (into a temporary file past a few
+    MiB, never into memory)."""
     max_total_bytes: int = 2 * 1024 * 1024 * 1024
     """Decompressed/extracted bytes read from one file's containers, all members together."""
     max_members: int = 10_000
@@ -707,238 +715,99 @@ def _report_engine(report: PickleReport, p: Payload, a: StreamAnalysis, out: _Fi
 
 # --- containers ----------------------------------------------------------------------------------------
 
-_ZLIB_NAMES = PICKLE_SUFFIXES | {".z", ".zlib"}
-_WALKED = frozenset({"zip", "gzip", "bz2", "xz", "tar", "pickle"})
-"""Kinds of ``target.magic`` that the walk opens (besides npy and zlib)."""
-
+_COMPRESSED = frozenset({"gzip", "bz2", "xz", "lzma", "zlib", "joblib-zfile"})
+_NESTED = _COMPRESSED | {"zip", "tar"}
+_WALKED = _NESTED | {"pickle"}
+"""Kinds of ``target.magic`` that the walk opens (besides npy)."""
+_CHUNK = 1 << 20
+_SPOOL_IN_MEMORY = 8 * 1024 * 1024
+"""Extracted members up to this size stay in memory; larger ones are spooled to a temporary file."""
+_NPY_MAX_HEADER = 1024 * 1024
+"""Longest ``.npy`` header parsed (numpy's own default is 10 000 bytes, lifted by ``allow_pickle=True``)."""
+_NPY_PREAMBLE = 12
+_ZIP_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+_ZIP_DATA_DESCRIPTOR = 0x08
+_ZIP_ENCRYPTED = 0x01
+_ZIP_UTF8 = 0x800
+_ZIP64_SIZE = 0xFFFFFFFF
 
 # What zipfile raises on hostile archives: unsupported versions/methods, encryption, bad CRCs, lying sizes.
 _ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError)
+_DECOMPRESS_ERRORS = (OSError, EOFError, lzma.LZMAError, ValueError, zlib.error, zipfile.BadZipFile)
 
 
-def _kind(head: bytes, name: str = "") -> str | None:
-    """Container or pickle kind by magic bytes (``target.magic``); None when nothing here says it holds a pickle.
+class LimitExceeded(ValueError):
+    """A bound of the walk was hit; the message names the limit."""
 
-    A bare zlib stream has only a two-byte header, so it is believed only for joblib/pickle-like names
-    (``joblib.dump(..., compress=3)`` writes one).
-    """
-    if len(head) >= 2 and head[0] == 0x78 and (head[0] << 8 | head[1]) % 31 == 0 \
-            and PurePosixPath(name).suffix.lower() in _ZLIB_NAMES:
-        return "zlib"
+
+def _kind(head: bytes) -> str | None:
+    """Container or pickle kind by content (``target.magic``); None when nothing here says it holds a pickle."""
     kind = magic(head)
     if kind == "numpy":
         return "npy"
     return kind if kind in _WALKED else None
 
 
-def _may_hold_pickle(head: bytes, name: str) -> bool:
+def _may_hold_pickle(head: bytes) -> bool:
     """False when no loader can unpickle these bytes: no known container, and the first byte is no opcode
     (``pickle.load`` raises on it before doing anything)."""
-    return _kind(head, name) is not None or bool(head[:1] and head[0] in _VALID_FIRST_BYTES)
+    return _kind(head) is not None or bool(head[:1] and head[0] in _VALID_FIRST_BYTES)
 
 
-class _Walker:
-    """Walks one file's containers down to its pickle streams, within ``PickleLimits``."""
+class _ZipMemberReader:
+    """A stored or deflated zip member read from its local header the way ``torch.load``'s reader does: the CRC
+    is computed, not enforced (torch ignores it, so a bad CRC must not hide a payload), and no more than the
+    central directory's size is produced."""
 
-    def __init__(self, entry: FileEntry, out: _Findings, limits: PickleLimits) -> None:
-        self.entry = entry
-        self.out = out
-        self.limits = limits
-        self.budget = limits.max_total_bytes
+    def __init__(self, fh: BinaryIO, data_start: int, info: zipfile.ZipInfo) -> None:
+        self._fh = fh
+        self._pos = data_start
+        self._raw_left = info.compress_size
+        self._out_left = info.file_size
+        self._inflate = zlib.decompressobj(-zlib.MAX_WBITS) if info.compress_type == zipfile.ZIP_DEFLATED else None
+        self.crc = 0
+        self.complete = False
 
-    # -- helpers
-    def limit(self, member: str | None, message: str, **evidence: Any) -> None:
-        self.out.add("static.pickle.resource-limit", Severity.HIGH, message, member=member,
-                     subject=f"limit:{message[:40]}", **evidence)
+    def _raw(self, n: int) -> bytes:
+        self._fh.seek(self._pos)
+        data = self._fh.read(min(n, self._raw_left))
+        self._pos += len(data)
+        self._raw_left = self._raw_left - len(data) if data else 0
+        return data
 
-    def incomplete(self, member: str | None, message: str, **evidence: Any) -> None:
-        self.out.add("static.pickle.scan-incomplete", Severity.HIGH, message, member=member,
-                     subject=f"walk:{message[:60]}", **evidence)
-
-    def read_bounded(self, stream: IO[bytes], member: str | None, *, declared: int | None = None) -> bytes | None:
-        """Read a decompressing stream fully, or report a bomb and return None when it is too big."""
-        cap = min(self.limits.max_payload_bytes, self.budget)
-        if declared is not None and declared > cap:
-            self.limit(member, f"member declares {declared} bytes, over the {cap}-byte limit; not extracted",
-                       declared_bytes=declared, limit_bytes=cap)
-            return None
-        chunks, total = [], 0
-        while True:
-            chunk = stream.read(min(1 << 20, cap + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > cap:
-                self.limit(member, f"decompresses to more than {cap} bytes (archive bomb?); not extracted",
-                           limit_bytes=cap)
-                return None
-        self.budget -= total
-        return b"".join(chunks)
-
-    @staticmethod
-    def join(parent: str | None, name: str) -> str:
-        return f"{parent}/{name}" if parent else name
-
-    # -- dispatch
-    def visit_bytes(self, data: bytes, member: str | None, depth: int, *, name_hint: str,
-                    torch_context: bool = False) -> None:
-        """Scan a blob held in memory: a nested archive, a compressed stream or a pickle."""
-        kind = _kind(data[:_HEAD], name_hint)
-        if kind in {"zip", "gzip", "bz2", "xz", "zlib", "tar"} and depth >= self.limits.max_depth:
-            self.limit(member, f"containers nested deeper than {self.limits.max_depth} levels; not opened",
-                       max_depth=self.limits.max_depth)
-            return
-        if kind == "zip":
-            try:
-                with zipfile.ZipFile(io.BytesIO(data)) as zf:
-                    self.walk_zip(zf, member, depth + 1)
-            except _ZIP_ERRORS as exc:
-                self.incomplete(member, f"nested zip cannot be opened ({exc}); its members are unchecked")
-        elif kind in {"gzip", "bz2", "xz", "zlib"}:
-            self.walk_compressed(io.BytesIO(data), kind, member, depth + 1, name_hint=name_hint)
-        elif kind == "tar":
-            self.walk_tar(io.BytesIO(data), member, depth + 1)
-        elif kind == "npy":
-            self.walk_npy(data, member)
-        else:
-            suffix = PurePosixPath(name_hint).suffix.lower()
-            named = suffix in PICKLE_SUFFIXES - {".bin"} or name_hint.endswith("data.pkl")
-            if kind == "pickle" or (data[:1] and data[0] in _VALID_FIRST_BYTES):
-                scan_payload(Payload(data, member, torch_context=torch_context, required=named),
-                             self.out, limits=self.limits)
-
-    def walk_zip(self, zf: zipfile.ZipFile, parent: str | None, depth: int) -> None:
-        infos = zf.infolist()
-        if len(infos) > self.limits.max_members:
-            self.limit(parent, f"archive has {len(infos)} members, over the {self.limits.max_members} limit; "
-                       "only the first ones were checked", members=len(infos))
-            infos = infos[: self.limits.max_members]
-        is_torch = any(PurePosixPath(i.filename).name == "data.pkl" for i in infos)
-        for info in infos:
-            if info.is_dir() or info.file_size == 0:
-                continue
-            member = self.join(parent, info.filename)
-            if is_torch and _STORAGE_MEMBER.search(info.filename):
-                continue  # raw tensor bytes: torch.load reads them as data, never unpickles them
-            try:
-                with zf.open(info) as fh:
-                    if not _may_hold_pickle(fh.read(_HEAD), info.filename):
-                        continue
-                with zf.open(info) as fh:
-                    data = self.read_bounded(fh, member, declared=info.file_size)
-            except (*_ZIP_ERRORS, zlib.error) as exc:
-                self.incomplete(member, f"zip member cannot be read ({type(exc).__name__}: {exc}); it is unchecked")
-                continue
-            if data is None:
-                continue
-            self.visit_bytes(data, member, depth, name_hint=info.filename,
-                             torch_context=is_torch and PurePosixPath(info.filename).name == "data.pkl")
-
-    def walk_tar(self, fileobj: BinaryIO, parent: str | None, depth: int) -> None:
-        try:
-            with tarfile.open(fileobj=fileobj, mode="r:*") as tf:
-                count = 0
-                for info in tf:
-                    count += 1
-                    if count > self.limits.max_members:
-                        self.limit(parent, f"tar has more than {self.limits.max_members} members; the rest were "
-                                   "not checked")
-                        break
-                    if not info.isfile() or info.size == 0:
-                        continue
-                    member = self.join(parent, info.name)
-                    fh = tf.extractfile(info)
-                    if fh is None:
-                        continue
-                    data = self.read_bounded(fh, member, declared=info.size)
-                    if data is not None:
-                        self.visit_bytes(data, member, depth, name_hint=info.name)
-        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
-            self.incomplete(parent, f"tar archive cannot be read ({exc}); its members are unchecked")
-
-    def walk_compressed(self, fileobj: BinaryIO, kind: str, parent: str | None, depth: int, *,
-                        name_hint: str) -> None:
-        openers: dict[str, Callable[[BinaryIO], Any]] = {
-            "gzip": lambda f: gzip.GzipFile(fileobj=f), "bz2": bz2.BZ2File, "xz": lzma.LZMAFile,
-            "zlib": _ZlibReader}
-        opener = openers[kind]
-        inner_name = re.sub(r"\.(gz|gzip|bz2|xz|z|zlib)$", "", PurePosixPath(name_hint).name) or "<decompressed>"
-        inner_name = re.sub(r"\.tgz$", ".tar", inner_name)
-        member = self.join(parent, inner_name) if parent else f"<{kind}>/{inner_name}"
-        try:
-            with opener(fileobj) as stream:
-                head = stream.read(_HEAD)
-                if not _may_hold_pickle(head, inner_name):
-                    return
-                rest = self.read_bounded(stream, member)
-        except (OSError, EOFError, lzma.LZMAError, ValueError, zlib.error) as exc:
-            self.incomplete(member, f"{kind} stream cannot be decompressed ({exc}); its content is unchecked")
-            return
-        if rest is not None:
-            self.visit_bytes(head + rest, member, depth, name_hint=inner_name)
-
-    def walk_npy(self, data: bytes, member: str | None) -> None:
-        header = parse_npy_header(data)
-        if header is None or not header[1]:
-            return  # not object dtype (or a header np.load rejects before unpickling anything)
-        offset = header[0]
-        scan_payload(Payload(data[offset:], member, offset=offset), self.out, limits=self.limits)
-
-    # -- top level
-    def walk_file(self, path: Path) -> None:
-        ctype = self.entry.content_type
-        rel = self.entry.path
-        if ctype in {"pytorch-zip", "zip", "zip-corrupt"}:
-            try:
-                with zipfile.ZipFile(path) as zf:
-                    self.walk_zip(zf, None, 0)
-            except _ZIP_ERRORS as exc:
-                self.incomplete(None, f"{rel} looks like a zip but cannot be opened ({exc}); other readers "
-                                "(torch's own) may still load pickles from it")
-            return
-        with open(path, "rb") as fh:
-            head = fh.read(_HEAD)
-            kind = _kind(head, rel)
-            if kind == "tar" or ctype == "tar":
-                fh.seek(0)
-                self.walk_tar(fh, None, 0)
-            elif kind in {"gzip", "bz2", "xz", "zlib"}:
-                fh.seek(0)
-                self.walk_compressed(fh, kind, None, 0, name_hint=rel)
-            elif kind == "npy":
-                fh.seek(0)
-                header = parse_npy_header(fh.read(65536 + 16))
-                if header is not None and header[1]:
-                    fh.seek(header[0])
-                    self.scan_disk_pickle(fh, offset=header[0])
+    def read(self, n: int = -1) -> bytes:
+        n = self._out_left if n is None or n < 0 else min(n, self._out_left)
+        out = bytearray()
+        while len(out) < n:
+            if self._inflate is None:
+                data = self._raw(n - len(out))
             else:
-                fh.seek(0)
-                self.scan_disk_pickle(fh, offset=0)
+                if self._inflate.eof:
+                    break
+                raw = self._inflate.unconsumed_tail or self._raw(1 << 16)
+                data = self._inflate.decompress(raw, n - len(out)) if raw else self._inflate.flush()
+                if not raw and not data:
+                    break
+            if not data:
+                break
+            out += data
+        self._out_left -= len(out)
+        self.crc = zlib.crc32(out, self.crc)
+        if not out and n:
+            self.complete = self._out_left == 0
+        elif self._out_left == 0:
+            self.complete = True
+        return bytes(out)
 
-    def scan_disk_pickle(self, fh: BinaryIO, *, offset: int) -> None:
-        """A pickle stream on disk: find where its pickles end first, so a legacy torch file's gigabytes of raw
-        storage are never read into memory."""
-        size = self.entry.size - offset
-        analysis = analyse_stream(fh, limits=self.limits)
-        required = self.entry.content_type in {"pickle", "numpy"}
-        if not required and not _looks_like_pickle(analysis):
-            return  # a .bin of other data
-        length = size
-        if analysis.legacy_torch or (analysis.junk_tail and size > self.limits.max_payload_bytes):
-            length = analysis.end  # the unpickler never reads past the last pickle
-        if length > self.limits.max_payload_bytes:
-            self.incomplete(None, f"pickle stream is {length} bytes, over the {self.limits.max_payload_bytes}-byte "
-                            "analysis limit; it was not checked", size_bytes=length)
-            return
-        fh.seek(offset)
-        data = fh.read(length)
-        scan_payload(Payload(data, None, offset=offset, required=required), self.out, limits=self.limits,
-                     analysis=analysis)
+    def __enter__(self) -> _ZipMemberReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 class _ZlibReader:
-    """Minimal streaming reader over a raw zlib stream, so decompression stays bounded like gzip's."""
+    """Streaming reader over one raw zlib stream (joblib's ``compress=("zlib", n)``), bounded like gzip's."""
 
     def __init__(self, fileobj: BinaryIO) -> None:
         self._f = fileobj
@@ -962,37 +831,364 @@ class _ZlibReader:
         return None
 
 
-def parse_npy_header(data: bytes) -> tuple[int, bool] | None:
-    """(offset of the array data, dtype holds Python objects) for an ``.npy`` blob; None if not parseable.
+def _zfile_reader(fileobj: BinaryIO) -> _ZlibReader:
+    """joblib < 0.10's ``ZF`` file: a fixed-size length header, then one zlib stream."""
+    fileobj.seek(JOBLIB_ZFILE_HEADER, io.SEEK_CUR)
+    return _ZlibReader(fileobj)
 
-    The header is a Python literal; ``ast.literal_eval`` reads it without evaluating code.
+
+_OPENERS: dict[str, Callable[[BinaryIO], Any]] = {
+    "gzip": lambda f: gzip.GzipFile(fileobj=f), "bz2": bz2.BZ2File, "xz": lzma.LZMAFile,
+    "lzma": lambda f: lzma.LZMAFile(f, format=lzma.FORMAT_ALONE), "zlib": _ZlibReader, "joblib-zfile": _zfile_reader}
+
+
+class _Walker:
+    """Walks one file's containers down to its pickle streams, within ``PickleLimits``.
+
+    Members are streamed into spool files (memory up to ``_SPOOL_IN_MEMORY``, then disk), so no archive can make
+    the scan hold more than ``max_payload_bytes`` of one pickle in memory.
     """
-    if not data.startswith(b"\x93NUMPY") or len(data) < 10:
+
+    def __init__(self, entry: FileEntry, out: _Findings, limits: PickleLimits) -> None:
+        self.entry = entry
+        self.out = out
+        self.limits = limits
+        self.budget = limits.max_total_bytes
+
+    # -- helpers
+    def limit(self, member: str | None, message: str, **evidence: Any) -> None:
+        self.out.add("static.pickle.resource-limit", Severity.HIGH, message, member=member,
+                     subject=f"limit:{message[:40]}", **evidence)
+
+    def incomplete(self, member: str | None, message: str, **evidence: Any) -> None:
+        self.out.add("static.pickle.scan-incomplete", Severity.HIGH, message, member=member,
+                     subject=f"walk:{message[:60]}", **evidence)
+
+    def tampered(self, member: str, message: str, **evidence: Any) -> None:
+        self.out.add("static.pickle.archive-tampered", Severity.HIGH, message, member=member,
+                     subject=f"zip:{message[:40]}", **evidence)
+
+    def read_head(self, stream: Any, member: str) -> tuple[bytes, bool]:
+        """The first bytes of a (decompressing) stream, as many as it gives before an error, and whether it broke
+        off (reported here: the part before the break is still checked, since the unpickler runs it)."""
+        read = getattr(stream, "read1", stream.read)
+        head = b""
+        try:
+            while len(head) < _HEAD and (chunk := read(_HEAD - len(head))):
+                head += chunk
+        except _DECOMPRESS_ERRORS as exc:
+            self.incomplete(member, f"{member} cannot be decompressed to the end ({type(exc).__name__}: {exc}); "
+                            f"only its first {len(head)} bytes were checked", checked_bytes=len(head))
+            return head, True
+        return head, False
+
+    def spool(self, head: bytes, stream: Any, member: str,
+              *, declared: int | None = None) -> IO[bytes] | None:
+        """Copy a (decompressing) stream into a spool file, or report a bomb and return None when it is too big.
+
+        A stream that breaks off half-way is still returned with what it gave: the unpickler runs every opcode
+        before the point where its reader fails.
+        """
+        cap = min(self.limits.max_member_bytes, self.budget)
+        if declared is not None and declared > cap:
+            self.limit(member, f"{member} declares {declared} bytes, over the {cap}-byte extraction limit; "
+                       "it was not checked", declared_bytes=declared, limit_bytes=cap)
+            return None
+        spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115 - returned open
+        spool.write(head)
+        total = len(head)
+        try:
+            while chunk := stream.read(min(_CHUNK, cap + 1 - total)):
+                spool.write(chunk)
+                total += len(chunk)
+                if total > cap:
+                    spool.close()
+                    self.limit(member, f"{member} extracts to more than {cap} bytes (archive bomb?), over the "
+                               "extraction limit; it was not checked", limit_bytes=cap)
+                    return None
+        except _DECOMPRESS_ERRORS as exc:
+            self.incomplete(member, f"{member} cannot be decompressed to the end ({type(exc).__name__}: {exc}); "
+                            f"only its first {total} bytes were checked", checked_bytes=total)
+        self.budget -= total
+        spool.seek(0)
+        return spool
+
+    @staticmethod
+    def join(parent: str | None, name: str) -> str:
+        return f"{parent}/{name}" if parent else name
+
+    # -- dispatch
+    def visit(self, fh: IO[bytes], size: int, member: str | None, depth: int, *, name_hint: str,
+              required: bool, torch_context: bool = False) -> None:
+        """Scan one seekable blob (the file, or a spooled member): a nested archive, a compressed stream, an
+        ``.npy`` or a pickle. ``depth`` counts the containers already opened around it."""
+        head = fh.read(_HEAD)
+        fh.seek(0)
+        kind = _kind(head)
+        inner = depth if member is None else depth + 1
+        if kind in _NESTED and member is not None and depth >= self.limits.max_depth:
+            self.limit(member, f"containers nested deeper than {self.limits.max_depth} levels; {member} was not "
+                       "opened", max_depth=self.limits.max_depth)
+        elif kind == "zip" or (member is None and self.entry.content_type in {"zip", "zip-corrupt", "pytorch-zip"}):
+            self.walk_zip(cast(BinaryIO, fh), member, inner)
+        elif kind in _COMPRESSED:
+            self.walk_compressed(cast(BinaryIO, fh), kind, member, inner, name_hint=name_hint)
+        elif kind == "tar" or (member is None and self.entry.content_type == "tar"):
+            self.walk_tar(cast(BinaryIO, fh), member, inner)
+        elif kind == "npy":
+            self.walk_npy(cast(BinaryIO, fh), size, member)
+        elif kind == "pickle" or (head[:1] and head[0] in _VALID_FIRST_BYTES):
+            self.scan_pickle(cast(BinaryIO, fh), size, member, offset=0, required=required,
+                             torch_context=torch_context)
+
+    def visit_member(self, head: bytes, stream: Any, member: str, depth: int, *, name: str,
+                     declared: int | None = None, torch_context: bool = False) -> None:
+        """Spool one archive member whose head may hold a pickle, then visit it."""
+        spool = self.spool(head, stream, member, declared=declared)
+        if spool is None:
+            return
+        with spool:
+            size = spool.seek(0, io.SEEK_END)
+            spool.seek(0)
+            suffix = PurePosixPath(name).suffix.lower()
+            required = suffix in PICKLE_SUFFIXES - {".bin"} or name.endswith("data.pkl")
+            self.visit(spool, size, member, depth, name_hint=name, required=required, torch_context=torch_context)
+
+    # -- zip
+    def walk_zip(self, fh: BinaryIO, parent: str | None, depth: int) -> None:
+        try:
+            zf = zipfile.ZipFile(fh)
+        except _ZIP_ERRORS as exc:
+            where = parent or self.entry.path
+            self.incomplete(parent, f"{where} looks like a zip but cannot be opened ({exc}); other readers "
+                            "(torch's own) may still load pickles from it")
+            return
+        with zf:
+            infos = zf.infolist()
+        if len(infos) > self.limits.max_members:
+            self.limit(parent, f"archive has {len(infos)} members, over the {self.limits.max_members} limit; "
+                       "only the first ones were checked", members=len(infos))
+            infos = infos[: self.limits.max_members]
+        is_torch = any(PurePosixPath(i.filename).name == "data.pkl" for i in infos)
+        for info in infos:
+            if info.is_dir() or info.file_size == 0:
+                continue
+            if is_torch and _STORAGE_MEMBER.search(info.filename):
+                continue  # raw tensor bytes: torch.load reads them as data, never unpickles them
+            self.walk_zip_member(fh, info, self.join(parent, info.filename), depth,
+                                 torch_context=is_torch and PurePosixPath(info.filename).name == "data.pkl")
+
+    def walk_zip_member(self, fh: BinaryIO, info: zipfile.ZipInfo, member: str, depth: int, *,
+                        torch_context: bool) -> None:
+        try:
+            reader = self.open_zip_member(fh, info, member)
+        except _ZIP_ERRORS as exc:
+            self.incomplete(member, f"zip member {member} cannot be read ({type(exc).__name__}: {exc}); it is "
+                            "unchecked")
+            return
+        if reader is None:
+            return
+        head, broken = self.read_head(reader, member)
+        if _may_hold_pickle(head):
+            self.visit_member(head, io.BytesIO() if broken else reader, member, depth, name=info.filename,
+                              declared=info.file_size, torch_context=torch_context)
+        if isinstance(reader, _ZipMemberReader) and reader.complete and reader.crc != info.CRC:
+            self.tampered(member, f"zip member {member} fails its CRC check (stored {info.CRC:#010x}, computed "
+                          f"{reader.crc:#010x}); torch.load ignores the CRC and loads it anyway, so it was checked, "
+                          "but the archive was altered after it was written", stored_crc=info.CRC,
+                          computed_crc=reader.crc)
+
+    def open_zip_member(self, fh: BinaryIO, info: zipfile.ZipInfo, member: str) -> Any:
+        """A reader of one member's bytes after its local header has been checked against the central directory.
+
+        Stored and deflated members (all torch writes) are read by us without enforcing the CRC; other methods
+        go through ``zipfile``, which enforces it.
+        """
+        fh.seek(info.header_offset)
+        raw = fh.read(_ZIP_LOCAL_HEADER.size)
+        if len(raw) < _ZIP_LOCAL_HEADER.size or raw[:4] != b"PK\x03\x04":
+            self.tampered(member, f"zip member {member} has no local header where the central directory points; "
+                          "it cannot be read the way loaders read it")
+            self.incomplete(member, f"zip member {member} cannot be located; it is unchecked")
+            return None
+        _sig, _ver, flags, method, _t, _d, crc, csize, usize, name_len, extra_len = _ZIP_LOCAL_HEADER.unpack(raw)
+        name = fh.read(name_len)
+        self.compare_local_header(info, member, flags=flags, method=method, crc=crc, csize=csize, usize=usize,
+                                  name=name)
+        if flags & _ZIP_ENCRYPTED or info.flag_bits & _ZIP_ENCRYPTED:
+            self.incomplete(member, f"zip member {member} is encrypted; it is unchecked")
+            return None
+        if info.compress_type in {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}:
+            return _ZipMemberReader(fh, info.header_offset + _ZIP_LOCAL_HEADER.size + name_len + extra_len, info)
+        return zipfile.ZipFile(fh).open(info)  # the archive object only reads ``fh``, which stays ours
+
+    def compare_local_header(self, info: zipfile.ZipInfo, member: str, *, flags: int, method: int, crc: int,
+                             csize: int, usize: int, name: bytes) -> None:
+        """Report a local header that disagrees with the central directory: readers differ in which they trust,
+        so what one scanner checks need not be what a loader loads."""
+        central_name = info.orig_filename.encode("utf-8" if info.flag_bits & _ZIP_UTF8 else "cp437", "replace")
+        diffs: dict[str, tuple[object, object]] = {}
+        if name != central_name:
+            diffs["name"] = (name.decode("utf-8", "replace"), info.orig_filename)
+        if method != info.compress_type:
+            diffs["method"] = (method, info.compress_type)
+        if (flags ^ info.flag_bits) & _ZIP_ENCRYPTED:
+            diffs["encrypted"] = (bool(flags & _ZIP_ENCRYPTED), bool(info.flag_bits & _ZIP_ENCRYPTED))
+        # With a data descriptor (torch's writer sets it) the local fields are zero; any other value must agree.
+        unset = 0 if flags & _ZIP_DATA_DESCRIPTOR else None
+        for key, local, central, wide in (("crc", crc, info.CRC, False), ("compressed_size", csize, info.compress_size,
+                                          True), ("size", usize, info.file_size, True)):
+            if local not in {central, unset} and not (wide and local == _ZIP64_SIZE):
+                diffs[key] = (local, central)
+        if diffs:
+            fields = ", ".join(f"{k} {local!r} vs {central!r}" for k, (local, central) in diffs.items())
+            self.tampered(member, f"zip member {member}: local header disagrees with the central directory "
+                          f"({fields}); readers that trust one or the other see different files",
+                          fields=sorted(diffs))
+
+    # -- tar and compressed streams
+    def walk_tar(self, fileobj: BinaryIO, parent: str | None, depth: int) -> None:
+        try:
+            with tarfile.open(fileobj=fileobj, mode="r:*") as tf:
+                count = 0
+                for info in tf:
+                    count += 1
+                    if count > self.limits.max_members:
+                        self.limit(parent, f"tar has more than {self.limits.max_members} members; the rest were "
+                                   "not checked")
+                        break
+                    if not info.isfile() or info.size == 0:
+                        continue
+                    member = self.join(parent, info.name)
+                    fh = tf.extractfile(info)
+                    if fh is None:
+                        continue
+                    head, broken = self.read_head(fh, member)
+                    if _may_hold_pickle(head):
+                        self.visit_member(head, io.BytesIO() if broken else fh, member, depth, name=info.name,
+                                          declared=info.size)
+        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+            self.incomplete(parent, f"tar archive cannot be read ({exc}); its members are unchecked")
+
+    def walk_compressed(self, fileobj: BinaryIO, kind: str, parent: str | None, depth: int, *,
+                        name_hint: str) -> None:
+        inner_name = re.sub(r"\.(gz|gzip|bz2|xz|lzma|z|zlib)$", "", PurePosixPath(name_hint).name) or "<decompressed>"
+        inner_name = re.sub(r"\.tgz$", ".tar", inner_name)
+        member = self.join(parent, inner_name) if parent else f"<{kind}>/{inner_name}"
+        try:
+            with _OPENERS[kind](fileobj) as stream:
+                head, broken = self.read_head(stream, member)
+                if _may_hold_pickle(head):
+                    self.visit_member(head, io.BytesIO() if broken else stream, member, depth, name=inner_name)
+        except _DECOMPRESS_ERRORS as exc:
+            self.incomplete(member, f"{kind} stream cannot be decompressed ({exc}); its content is unchecked")
+
+    # -- npy and pickles
+    def walk_npy(self, fh: BinaryIO, size: int, member: str | None) -> None:
+        try:
+            header = read_npy_header(fh, size)
+        except LimitExceeded as exc:
+            self.limit(member, f"{member or self.entry.path}: {exc}; np.load(allow_pickle=True) would still read "
+                       "it and unpickle an object array", limit_bytes=_NPY_MAX_HEADER)
+            return
+        if header is not None and header[1]:
+            self.scan_pickle(fh, size, member, offset=header[0], required=True)
+
+    def scan_pickle(self, fh: BinaryIO, size: int, member: str | None, *, offset: int, required: bool,
+                    torch_context: bool = False) -> None:
+        """A pickle stream in a seekable file: find where its pickles end first, so a legacy torch file's raw
+        storages are never read into memory, and hand at most ``max_payload_bytes`` to the engine."""
+        fh.seek(offset)
+        analysis = analyse_stream(fh, limits=self.limits)
+        if not required and not _looks_like_pickle(analysis):
+            return  # a .bin of other data
+        cap = self.limits.max_payload_bytes
+        length = size - offset
+        if analysis.legacy_torch or (analysis.junk_tail and length > cap):
+            length = analysis.end  # the unpickler never reads past the last pickle
+        if length > cap:
+            where = member or self.entry.path
+            self.limit(member, f"pickle stream {where} is {length} bytes, over the {cap}-byte limit for analysis "
+                       "in memory; it was not checked", size_bytes=length, limit_bytes=cap)
+            return
+        fh.seek(offset)
+        data = fh.read(length)
+        scan_payload(Payload(data, member, offset=offset, required=required, torch_context=torch_context),
+                     self.out, limits=self.limits, analysis=analysis)
+
+    # -- top level
+    def walk_file(self, path: Path) -> None:
+        with open(path, "rb") as fh:
+            required = self.entry.content_type in {"pickle", "numpy"}
+            self.visit(fh, self.entry.size, None, 0, name_hint=self.entry.path, required=required)
+
+
+def read_npy_header(fh: BinaryIO, size: int) -> tuple[int, bool] | None:
+    """(offset of the array data, dtype holds Python objects) for an ``.npy`` stream; None if ``np.load`` would
+    reject it before unpickling anything.
+
+    Raises:
+        LimitExceeded: the header is longer than ``_NPY_MAX_HEADER`` bytes.
+    """
+    start = fh.tell()
+    pre = fh.read(_NPY_PREAMBLE)
+    if not pre.startswith(b"\x93NUMPY") or len(pre) < 10:
         return None
-    major = data[6]
+    major = pre[6]
     if major == 1:
-        (hlen,), start = struct.unpack("<H", data[8:10]), 10
-    elif major in (2, 3) and len(data) >= 12:
-        (hlen,), start = struct.unpack("<I", data[8:12]), 12
+        (hlen,), begin = struct.unpack("<H", pre[8:10]), 10
+    elif major in (2, 3) and len(pre) >= 12:
+        (hlen,), begin = struct.unpack("<I", pre[8:12]), 12
     else:
         return None
-    raw = data[start:start + hlen]
-    if len(raw) < hlen:
-        return None
+    if begin + hlen > size:
+        return None  # truncated: np.load fails reading the header
+    if hlen > _NPY_MAX_HEADER:
+        raise LimitExceeded(f".npy header is {hlen} bytes, over the {_NPY_MAX_HEADER}-byte parsing limit")
+    fh.seek(start + begin)
+    raw = fh.read(hlen)
     try:
         header = ast.literal_eval(raw.decode("utf-8" if major == 3 else "latin-1"))
         descr = header["descr"]
     except (ValueError, SyntaxError, KeyError, TypeError, UnicodeDecodeError, MemoryError, RecursionError):
         return None
-    return start + hlen, _descr_has_object(descr)
+    return begin + hlen, _descr_has_object(descr)
+
+
+def parse_npy_header(data: bytes) -> tuple[int, bool] | None:
+    """``read_npy_header`` of an ``.npy`` held in memory.
+
+    Raises:
+        LimitExceeded: the header is longer than ``_NPY_MAX_HEADER`` bytes.
+    """
+    return read_npy_header(io.BytesIO(data), len(data))
 
 
 def _descr_has_object(descr: Any) -> bool:
-    """True when an ``.npy`` dtype description (a typestr or a structured field list) contains objects."""
+    """True when an ``.npy`` dtype description holds Python objects, as numpy itself reads it.
+
+    numpy's ``descr_to_dtype`` runs on the parsed literal (never on the file), so every spelling (``'O'``,
+    ``'object'``, ``('|O', (2,))``, structured fields) is judged like ``np.load`` judges it. A description numpy
+    rejects is still checked structurally, so a scan never depends on one numpy version's parser.
+    """
+    from numpy.lib.format import descr_to_dtype
+
+    try:
+        if descr_to_dtype(descr).hasobject:
+            return True
+    except Exception:  # noqa: BLE001 - np.load raises on it too; fall through to the structural check
+        pass
+    return _descr_mentions_object(descr)
+
+
+def _descr_mentions_object(descr: Any, depth: int = 0) -> bool:
+    """Structural fallback: any typestr in the description (fields, subarrays) that names objects."""
+    if depth > 32:
+        return True  # deeper than any real dtype: treat as objects rather than guess
     if isinstance(descr, str):
-        return descr.lstrip("<>|=").startswith("O")
-    if isinstance(descr, list):
-        return any(isinstance(f, (tuple, list)) and len(f) >= 2 and _descr_has_object(f[1]) for f in descr)
+        return descr.lstrip("<>|=").startswith("O") or descr.strip().lower().startswith("object")
+    if isinstance(descr, (tuple, list)):
+        return any(_descr_mentions_object(d, depth + 1) for d in descr)
     return False
 
 
@@ -1009,9 +1205,7 @@ def wants_scan(root: Path, entry: FileEntry) -> bool:
         return True
     if entry.content_type in _NEVER_PICKLE:
         return False
-    if Path(entry.path).suffix.lower() in PICKLE_SUFFIXES:
-        return True
-    return entry.content_type == "binary" and _kind(_head(root / entry.path), entry.path) == "zlib"
+    return Path(entry.path).suffix.lower() in PICKLE_SUFFIXES
 
 
 def scan_file(root: Path, entry: FileEntry, *, limits: PickleLimits = DEFAULT_LIMITS) -> list[Finding]:
@@ -1023,18 +1217,13 @@ def scan_file(root: Path, entry: FileEntry, *, limits: PickleLimits = DEFAULT_LI
     out = _Findings(entry.path)
     path = root / entry.path
     if entry.content_type not in _CONTAINER_TYPES:
-        if not _may_hold_pickle(_head(path), entry.path):
+        if not _may_hold_pickle(_head(path)):
             return []
         if entry.content_type in {"text", "python"}:
             with open(path, "rb") as fh:
                 probe = analyse_stream(fh, limits=limits)
             if not _looks_like_pickle(probe):
                 return []  # plain text that merely starts with an opcode letter
-    if entry.content_type == "numpy":
-        with open(path, "rb") as fh:
-            header = parse_npy_header(fh.read(65536 + 16))
-        if header is None or not header[1]:
-            return []  # numeric .npy: np.load reads it without unpickling
     _Walker(entry, out, limits).walk_file(path)
     return out.findings()
 
