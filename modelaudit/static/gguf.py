@@ -37,6 +37,10 @@ MAX_VARIABLE_ITEMS = 8_000_000
 header is refused as too large to analyse, which bounds the parse time of a file of billions of empty strings."""
 MAX_TENSORS = 1_000_000
 """More tensors than any real model has."""
+MAX_METADATA_KEYS = 100_000
+"""More metadata keys than any real file has (they hold about fifty; vocabularies are single array values)."""
+WINDOW_BYTES = 1024 * 1024
+"""Bytes read at a time while stepping over the strings of an array."""
 MAX_KEPT_STRING_BYTES = 4 * 1024 * 1024 + 4
 """Chat-template values are kept up to this many bytes (the template check refuses longer ones anyway)."""
 MAX_EXAMPLES = 10
@@ -163,9 +167,9 @@ class _Reader:
         self.fh.seek(n, 1)
         self.pos += n
 
-    def count_variable_item(self) -> None:
-        """One more string or nested array read item by item; too many and the header is refused."""
-        self.variable_items += 1
+    def count_variable_item(self, n: int = 1) -> None:
+        """``n`` more strings or nested arrays read item by item; too many and the header is refused."""
+        self.variable_items += n
         if self.variable_items > MAX_VARIABLE_ITEMS:
             raise GGUFFormatError(R_TOO_LARGE, f"the header holds more than {MAX_VARIABLE_ITEMS} strings or "
                                                f"arrays, more than any real model", self.pos)
@@ -178,6 +182,30 @@ class _Reader:
             raise GGUFFormatError(R_LENGTH, f"{what} declares {n} {'bytes' if item_bytes == 1 else 'items'} at "
                                             f"offset {at}, but only {self.left} bytes are left in the file", at)
         return n
+
+    def skip_strings(self, count: int, what: str) -> None:
+        """Step over ``count`` length-prefixed strings (a vocabulary) through a window of the file, each length
+        checked against the bytes left: about ten times faster than one read per string."""
+        self.count_variable_item(count)
+        window, base, i = b"", self.pos, 0  # window[0] is at file offset base; i is the cursor in it
+        width = struct.calcsize(self.order + "Q")
+        for _ in range(count):
+            if i + width > len(window):
+                self.fh.seek(base + i)
+                base, i = base + i, 0
+                window = self.fh.read(WINDOW_BYTES)
+                if len(window) < width:
+                    self.pos = base
+                    raise GGUFFormatError(R_TRUNCATED, f"the file ends inside the header while reading {what}",
+                                          base)
+            n = struct.unpack_from(self.order + "Q", window, i)[0]
+            left = self.size - (base + i + width)
+            if n > left:
+                raise GGUFFormatError(R_LENGTH, f"{what} declares {n} bytes at offset {base + i}, but only {left} "
+                                                f"bytes are left in the file", base + i)
+            i += width + n
+        self.pos = base + i
+        self.fh.seek(self.pos)
 
     def string(self, what: str, *, keep: int = 0) -> bytes | None:
         """A length-prefixed string: its bytes when it is at most ``keep`` long (or the first ``keep``), else None."""
@@ -248,9 +276,9 @@ def _check_counts(reader: _Reader, n_tensors: int, n_kv: int) -> None:
     if need > reader.left:
         raise GGUFFormatError(R_COUNTS, f"declares {n_tensors} tensors and {n_kv} metadata keys, which need at least "
                                         f"{need} bytes, but only {reader.left} bytes follow", 8)
-    if n_tensors > MAX_TENSORS:
-        raise GGUFFormatError(R_TOO_LARGE, f"declares {n_tensors} tensors, more than the {MAX_TENSORS} any real "
-                                           f"model has", 8)
+    if n_tensors > MAX_TENSORS or n_kv > MAX_METADATA_KEYS:
+        raise GGUFFormatError(R_TOO_LARGE, f"declares {n_tensors} tensors and {n_kv} metadata keys, more than any "
+                              f"real model has (limits {MAX_TENSORS} and {MAX_METADATA_KEYS})", 8)
 
 
 def _read_kv(reader: _Reader, header: GGUFHeader) -> None:
@@ -291,8 +319,7 @@ def _read_value(reader: _Reader, vtype: int, key: str, *, keep: int, depth: int)
         reader.skip(count * struct.calcsize(_SCALAR_FORMATS[item_type]))
     elif item_type == _STRING:
         count = reader.length(what, 8)
-        for _ in range(count):
-            reader.string(f"an item of {_short(key)!r}")
+        reader.skip_strings(count, f"an item of {_short(key)!r}")
     elif item_type == _ARRAY:
         count = reader.length(what, 12)
         for _ in range(count):

@@ -231,3 +231,41 @@ def test_gguf_template_that_is_not_text_is_reported(tmp_path: Path) -> None:
     (finding,) = _template_findings(tmp_path)
     assert finding.rule_id == "static.tokenizer.template-unparseable"
     assert finding.location.member == "tokenizer.chat_template"
+
+
+@pytest.fixture(scope="module")
+def writer_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return _write(tmp_path_factory.mktemp("w") / "model.gguf").read_bytes()
+
+
+def test_mutated_headers_never_raise_and_stay_fast(writer_bytes: bytes, tmp_path: Path) -> None:
+    """Random byte edits and cuts of a real file: the parser always ends in findings or none, never an error."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from modelaudit.findings import FileEntry
+    from modelaudit.static.gguf import inspect_gguf
+
+    header_end = read_gguf_header(_path(tmp_path, writer_bytes)).data_start
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(edits=st.lists(st.tuples(st.integers(0, header_end - 1), st.binary(min_size=1, max_size=8)), max_size=4),
+           cut=st.integers(0, len(writer_bytes)))
+    def run(edits: list[tuple[int, bytes]], cut: int) -> None:
+        data = bytearray(writer_bytes)
+        for at, value in edits:
+            data[at:at + len(value)] = value
+        path = tmp_path / "m.gguf"
+        path.write_bytes(bytes(data[:cut]))
+        start = time.perf_counter()
+        _, findings = inspect_gguf(path, FileEntry(path="m.gguf", size=cut, sha256="", content_type="gguf"))
+        assert time.perf_counter() - start < 2
+        assert all(f.severity is Severity.HIGH and f.location.path == "m.gguf" for f in findings)
+
+    run()
+
+
+def _path(folder: Path, data: bytes) -> Path:
+    path = folder / "valid.gguf"
+    path.write_bytes(data)
+    return path
