@@ -13,7 +13,7 @@ This module also registers the ``static.tokenizer`` check, which runs the token 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -169,8 +169,9 @@ class Literal:
     kind: str
     """``output`` or ``set``."""
     beside: str = ""
-    """How the literal meets message content: ``joined`` (one expression or output with it), ``sibling`` (an
-    output next to a content output inside a loop), or empty (not at all)."""
+    """How the literal meets message content: ``joined`` (one expression or output with ``m.content``),
+    ``joined-variable`` (the same with a variable that holds content somewhere), ``sibling`` (an output next to
+    a content output inside a loop), or empty (not at all)."""
 
 
 _SUSPICIOUS_TEXT = re.compile(
@@ -223,15 +224,16 @@ class _TemplateWalker:
                 stack.extend((branch, inner, in_loop, False) for branch in node.elif_)  # an If each: own test
                 continue
             if isinstance(node, nodes.Output):
-                joined = any(self._mentions_content(child) for child in node.nodes)
-                beside = "joined" if joined else "sibling" if near_content and in_loop and context == "always" else ""
+                beside = self._joined(node.nodes)
+                if not beside and near_content and in_loop and context == "always":
+                    beside = "sibling"
                 for child in node.nodes:
                     for text, line in _output_literals(child):
                         self.literals.append(Literal(text, line, context, "output", beside))
             elif isinstance(node, nodes.Assign):
                 target = _target_name(node.target)
                 ctx = "default-system" if "system" in target.lower() and context == "always" else context
-                beside = "joined" if self._mentions_content(node.node) else ""
+                beside = self._joined([node.node])
                 for text, line in _output_literals(node.node):
                     self.literals.append(Literal(text, line, ctx, "set", beside))
             inner_loop = in_loop or isinstance(node, nodes.For)
@@ -252,6 +254,13 @@ class _TemplateWalker:
 
     def _mentions_content(self, node: nodes.Node) -> bool:
         return _mentions_content(node, self.content_names)
+
+    def _joined(self, parts: Sequence[nodes.Node]) -> str:
+        """``joined`` when the parts read message content directly, ``joined-variable`` when only through a
+        variable (which, the analysis being flow-insensitive, may hold a default there), else empty."""
+        if any(_mentions_content(part, set()) for part in parts):
+            return "joined"
+        return "joined-variable" if any(self._mentions_content(part) for part in parts) else ""
 
     def _inspect(self, node: nodes.Node, context: str) -> None:
         """Record ``node`` if only a sandbox escape or resource exhaustion needs it; the first matching kind wins."""
@@ -428,17 +437,19 @@ def _hidden_instruction(lit: Literal, short: str, words: list[str],
     """Text the user never sees joined to what they (or the system prompt) wrote, or an order to conceal.
 
     A default system prompt is not this: it stands on its own when no system message is given. Text joined to
-    message content reaches the model as part of every message. In tool branches such text is usually the tool
-    protocol's own instructions, so there it is medium, not high.
+    message content reaches the model as part of every message. Medium, not high, where the text is more likely
+    the template's own: in tool branches (the tool protocol's instructions), and in default-system branches
+    when the content comes through a variable (which there usually holds the default prompt being extended).
     """
     evidence: dict[str, Any] = {"triggers": trigger} if trigger else {}
     if _CONCEAL.search(lit.text):
         return (R_T_HIDDEN, Severity.HIGH, f"template tells the model to conceal something: {short!r}; no chat "
                 f"format needs that, a planted instruction does", evidence)
     if lit.beside and (len(words) >= MIN_HIDDEN_WORDS or trigger):
-        how = "joins this text to message content" if lit.beside == "joined" else \
-            "writes this text next to each message's content"
-        severity = Severity.MEDIUM if lit.context == "tools" else Severity.HIGH
+        how = "writes this text next to each message's content" if lit.beside == "sibling" else \
+            "joins this text to message content"
+        own = lit.context == "tools" or (lit.context == "default-system" and lit.beside == "joined-variable")
+        severity = Severity.MEDIUM if own else Severity.HIGH
         return (R_T_HIDDEN, severity, f"template {how}: {short!r}; the model reads it as part of the message, "
                 f"an instruction the user never wrote or saw", {**evidence, "beside": lit.beside})
     return None

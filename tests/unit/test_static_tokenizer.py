@@ -642,3 +642,21 @@ def test_text_joined_to_content_in_a_tool_branch_is_medium() -> None:
                 "help answer.' }}{% endif %}{% endfor %}")
     (finding,) = [f for f in _template(template) if f.rule_id == "static.tokenizer.template-hidden-instruction"]
     assert finding.severity is Severity.MEDIUM and finding.evidence["beside"] == "joined"
+
+
+GRANITE31 = ("{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] %}"
+             "{%- set loop_messages = messages[1:] %}{%- else %}{%- set system_message = \"Knowledge Cutoff Date: April "
+             "2024.\\nYou are Granite, developed by IBM.\" %}{%- if tools and documents %}{%- set system_message = "
+             "system_message + \" You are a helpful AI assistant with access to the following tools. When a tool is "
+             "required to answer the user's query, respond with <|tool_call|> followed by a JSON list of tools used.\" %}"
+             "{%- endif %}{%- set loop_messages = messages %}{%- endif %}{{- '<|start_of_role|>system<|end_of_role|>' + "
+             "system_message + '<|end_of_text|>\\n' }}{%- for message in loop_messages %}{{- '<|start_of_role|>' + "
+             "message['role'] + '<|end_of_role|>' + message['content'] + '<|end_of_text|>\\n' }}{%- endfor %}")
+
+
+def test_default_system_prompt_extended_for_tools_is_not_high() -> None:
+    """Granite extends its default system prompt (a variable that elsewhere holds the system message's content)."""
+    findings = _template(GRANITE31)
+    assert [f for f in findings if f.severity >= Severity.HIGH] == []
+    (hidden,) = [f for f in findings if f.rule_id == "static.tokenizer.template-hidden-instruction"]
+    assert hidden.severity is Severity.MEDIUM and hidden.evidence["beside"] == "joined-variable"
