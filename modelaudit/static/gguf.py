@@ -128,8 +128,8 @@ class GGUFHeader:
     byte_order: str
     """``<`` or ``>`` (struct prefix)."""
     metadata: dict[str, Any] = field(default_factory=dict)
-    """Scalars as Python values, arrays as ``GGUFArray``, strings as ``bytes`` for chat templates and short
-    values (others as ``None``: they were skipped, not read)."""
+    """Scalars as Python values, arrays as ``GGUFArray``, strings as ``bytes``: chat templates up to
+    ``MAX_KEPT_STRING_BYTES``, other strings only their first ``MAX_NAME_CHARS`` bytes (the rest is skipped)."""
     value_types: dict[str, int] = field(default_factory=dict)
     tensors: list[TensorInfo] = field(default_factory=list)
     data_start: int = 0
@@ -263,7 +263,7 @@ def read_gguf_header(path: Path) -> GGUFHeader:
             names.add(info.name)
             header.tensors.append(info)
         pad = -reader.pos % header.alignment
-        if pad > reader.left:
+        if header.tensors and pad > reader.left:  # a file without tensors (a vocabulary) needs no data section
             raise GGUFFormatError(R_TRUNCATED, f"the file ends before the aligned start of the tensor data "
                                                f"(offset {reader.pos + pad}, file size {reader.size})", reader.pos)
         header.data_start = reader.pos + pad

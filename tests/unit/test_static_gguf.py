@@ -269,3 +269,12 @@ def _path(folder: Path, data: bytes) -> Path:
     path = folder / "valid.gguf"
     path.write_bytes(data)
     return path
+
+
+def test_vocabulary_only_file_without_padding_is_clean(tmp_path: Path) -> None:
+    """A GGUF holding only a vocabulary has no data section, so it need not be padded to the alignment."""
+    kv = _s(b"tokenizer.ggml.tokens") + struct.pack("<IIQ", ARRAY, STRING, 2) + _s(b"a") + _s(b"bb")
+    data = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + kv
+    assert len(data) % 32
+    (tmp_path / "model.gguf").write_bytes(data)
+    assert _scan(tmp_path) == []
