@@ -13,12 +13,13 @@ This module also registers the ``static.tokenizer`` check, which runs the token 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from modelaudit.findings import Finding, Location, Severity
 from modelaudit.static.base import StaticContext, static_check
+from modelaudit.static.gguf import GGUFFormatError, gguf_chat_templates, read_gguf_header
 from modelaudit.static.tokens import R_INVALID, RULE_PREFIX, TOKEN_RULES, tokenizer_file_findings, trigger_reason
 
 if TYPE_CHECKING:  # jinja2 is imported where templates are parsed, not when the check registers
@@ -32,6 +33,7 @@ R_T_DATE = f"{RULE_PREFIX}.template-date"
 R_T_URL = f"{RULE_PREFIX}.template-url"
 R_T_INJECTED = f"{RULE_PREFIX}.template-injected-text"
 R_T_DEFAULT_SYSTEM = f"{RULE_PREFIX}.template-default-system-prompt"
+R_T_HIDDEN = f"{RULE_PREFIX}.template-hidden-instruction"
 
 TEMPLATE_RULES = {
     R_T_UNPARSEABLE: "A chat template cannot be parsed, so it could not be analysed",
@@ -41,12 +43,18 @@ TEMPLATE_RULES = {
     R_T_URL: "A chat template injects a URL",
     R_T_INJECTED: "A chat template adds text to every conversation that the user did not write",
     R_T_DEFAULT_SYSTEM: "A chat template supplies a default system prompt when none is given",
+    R_T_HIDDEN: "A chat template adds text to message content, or tells the model to conceal something",
 }
 
 MAX_TEMPLATE_CHARS = 1024 * 1024
 """Longer text is reported as unparseable instead of parsed, which bounds the parser's work on hostile input."""
 HUGE_NUMBER = 10_000
 """A ``range()`` bound or repeat count above this is flagged: chat formatting never needs one, exhaustion does."""
+MIN_HIDDEN_WORDS = 3
+"""Prose words (markup and role names removed) that make a literal beside message content an instruction; chat
+formats put only markup there (``'<|im_start|>user' + content``), sometimes one word (``'GPT4 Correct User: '``)."""
+MAX_TAINT_ROUNDS = 10
+"""Rounds of following content through assignments (``a = m.content; b = a``): real templates need two."""
 
 
 @dataclass
@@ -61,7 +69,8 @@ class TemplateSource:
 
 
 def template_sources(ctx: StaticContext) -> tuple[list[TemplateSource], list[Finding]]:
-    """Templates from tokenizer_config.json, processor_config.json, chat_template.json and *.jinja files."""
+    """Templates from tokenizer_config.json, processor_config.json, chat_template.json, *.jinja files and the
+    metadata of GGUF files."""
     sources: list[TemplateSource] = []
     problems: list[Finding] = []
     for name in ("tokenizer_config.json", "processor_config.json", "chat_template.json"):
@@ -104,7 +113,29 @@ def template_sources(ctx: StaticContext) -> tuple[list[TemplateSource], list[Fin
             except (OSError, UnicodeDecodeError) as exc:
                 problems.append(Finding(R_T_UNPARSEABLE, Severity.MEDIUM, f"{entry.path} cannot be read as UTF-8 text",
                                         location=Location(path=entry.path), evidence={"problem": str(exc)[:200]}))
+    for entry in ctx.by_type("gguf"):
+        _gguf_sources(ctx, entry.path, sources, problems)
     return sources, problems
+
+
+def _gguf_sources(ctx: StaticContext, path: str, sources: list[TemplateSource], problems: list[Finding]) -> None:
+    """``tokenizer.chat_template`` and the named ``tokenizer.chat_template.<name>`` templates of one GGUF file.
+
+    A malformed header is reported by the ``static.gguf`` check; here it only means there is nothing to read.
+    """
+    try:
+        header = read_gguf_header(ctx.path(path))
+    except (GGUFFormatError, OSError):
+        return
+    for key, raw in gguf_chat_templates(header):
+        try:
+            if raw is None:
+                raise ValueError("the value is not a string")
+            sources.append(TemplateSource(path, key, raw.decode("utf-8"), False))
+        except ValueError as exc:  # UnicodeDecodeError too
+            problems.append(Finding(R_T_UNPARSEABLE, Severity.MEDIUM, f"{path}: metadata {key} cannot be read as a "
+                                    f"UTF-8 template ({str(exc)[:200]}); it could not be analysed",
+                                    location=Location(path=path, member=key), evidence={"problem": str(exc)[:200]}))
 
 
 def _environment() -> Environment:
@@ -137,6 +168,10 @@ class Literal:
     """``default-system`` (no system message given), ``tools`` (tool/function branches) or ``always``."""
     kind: str
     """``output`` or ``set``."""
+    beside: str = ""
+    """How the literal meets message content: ``joined`` (one expression or output with ``m.content``),
+    ``joined-variable`` (the same with a variable that holds content somewhere), ``sibling`` (an output next to
+    a content output inside a loop), or empty (not at all)."""
 
 
 _SUSPICIOUS_TEXT = re.compile(
@@ -147,6 +182,10 @@ _URL = re.compile(r"\b(https?|ftp)://[^\s'\"<>]+|\bwww\.[a-z0-9-]+\.[a-z]{2,}", 
 _YEAR = re.compile(r"\b(19[5-9]\d|20\d\d)\b|\b\d{4}-\d{2}-\d{2}\b")
 _CURRENT = re.compile(r"\b(current|today'?s?|present|now)\b[\s\w]{0,12}?\b(date|year|day|time)\b|\btoday\s+is\b|"
                       r"\bthe\s+(current\s+)?year\s+is\b", re.I)
+_CONCEAL = re.compile(
+    r"\b(do\s+not|don'?t|never|must\s+not|should\s+not|without)\s+(ever\s+)?(tell(ing)?|reveal(ing)?|"
+    r"mention(ing)?|disclos(e|ing)|acknowledg(e|ing)|admit(ting)?|discuss(ing)?)\b|"
+    r"\b(keep|remain)\s+(this|it|that)\s+(a\s+)?(secret|hidden|confidential)\b", re.I)
 _DATE_ONLY = re.compile(r"^[\s\w,./-]{0,40}$")
 _FORMAT_TOKENS = re.compile(r"<\|[^|]{0,80}\|>|<｜[^｜]{0,80}｜>|<</?[A-Za-z_]{1,20}>>|</?[A-Za-z_][\w:-]{0,40}>|"
                             r"\[/?[A-Z_]{2,40}\]")
@@ -165,30 +204,63 @@ class _TemplateWalker:
     def __init__(self) -> None:
         self.literals: list[Literal] = []
         self.unsafe: list[tuple[int, str, Severity, str]] = []  # (line, construct, severity, why)
+        self.content_names: set[str] = set()
 
     def walk(self, root: nodes.Template) -> None:
-        """Iteratively (an explicit stack), each node carrying the branch context of the if-tests above it."""
+        """Iteratively (an explicit stack), each node carrying the branch context of the if-tests above it,
+        whether a loop encloses it, and whether an output beside it in its statement list writes message content."""
         from jinja2 import nodes
 
-        stack: list[tuple[nodes.Node, str]] = [(root, "always")]
+        self.content_names = _content_names(root)
+        stack: list[tuple[nodes.Node, str, bool, bool]] = [(root, "always", False, False)]
         while stack:
-            node, context = stack.pop()
+            node, context, in_loop, near_content = stack.pop()
             self._inspect(node, context)
             if isinstance(node, nodes.If):
                 inner = _branch_context(node.test, context)
-                stack.append((node.test, context))
-                stack.extend((child, inner) for child in [*node.body, *node.elif_, *node.else_])
+                stack.append((node.test, context, in_loop, False))
+                stack.extend(self._statements(node.body, inner, in_loop))
+                stack.extend(self._statements(node.else_, inner, in_loop))
+                stack.extend((branch, inner, in_loop, False) for branch in node.elif_)  # an If each: own test
                 continue
             if isinstance(node, nodes.Output):
+                beside = self._joined(node.nodes)
+                if not beside and near_content and in_loop and context == "always":
+                    beside = "sibling"
                 for child in node.nodes:
                     for text, line in _output_literals(child):
-                        self.literals.append(Literal(text, line, context, "output"))
+                        self.literals.append(Literal(text, line, context, "output", beside))
             elif isinstance(node, nodes.Assign):
                 target = _target_name(node.target)
                 ctx = "default-system" if "system" in target.lower() and context == "always" else context
+                beside = self._joined([node.node])
                 for text, line in _output_literals(node.node):
-                    self.literals.append(Literal(text, line, ctx, "set"))
-            stack.extend((child, context) for child in node.iter_child_nodes())
+                    self.literals.append(Literal(text, line, ctx, "set", beside))
+            inner_loop = in_loop or isinstance(node, nodes.For)
+            for name in node.fields:
+                value = getattr(node, name, None)
+                if isinstance(value, list):
+                    stack.extend(self._statements(value, context, inner_loop))
+                elif isinstance(value, nodes.Node):
+                    stack.append((value, context, inner_loop, False))
+
+    def _statements(self, body: list[Any], context: str, in_loop: bool) -> list[tuple[nodes.Node, str, bool, bool]]:
+        """The nodes of one statement list, each told whether another output in the list writes message content."""
+        from jinja2 import nodes
+
+        items = [n for n in body if isinstance(n, nodes.Node)]
+        near = any(isinstance(n, nodes.Output) and self._mentions_content(n) for n in items)
+        return [(n, context, in_loop, near) for n in items]
+
+    def _mentions_content(self, node: nodes.Node) -> bool:
+        return _mentions_content(node, self.content_names)
+
+    def _joined(self, parts: Sequence[nodes.Node]) -> str:
+        """``joined`` when the parts read message content directly, ``joined-variable`` when only through a
+        variable (which, the analysis being flow-insensitive, may hold a default there), else empty."""
+        if any(_mentions_content(part, set()) for part in parts):
+            return "joined"
+        return "joined-variable" if any(self._mentions_content(part) for part in parts) else ""
 
     def _inspect(self, node: nodes.Node, context: str) -> None:
         """Record ``node`` if only a sandbox escape or resource exhaustion needs it; the first matching kind wins."""
@@ -246,6 +318,52 @@ def _target_name(target: nodes.Expr) -> str:
     return str(getattr(target, "name", "")) + "." + str(getattr(target, "attr", ""))
 
 
+def _content_ref(node: nodes.Node, names: set[str]) -> bool:
+    """``m['content']``, ``m.content``, or a variable that holds message content."""
+    from jinja2 import nodes
+
+    if isinstance(node, nodes.Getattr):
+        holder = f"{node.node.name}.{node.attr}" if isinstance(node.node, nodes.Name) else ""
+        return node.attr == "content" or holder in names
+    if isinstance(node, nodes.Getitem):
+        return isinstance(node.arg, nodes.Const) and node.arg.value == "content"
+    return isinstance(node, nodes.Name) and node.name in names
+
+
+def _mentions_content(node: nodes.Node, names: set[str]) -> bool:
+    """Whether message content flows into this expression or output."""
+    from jinja2 import nodes
+
+    return any(_content_ref(n, names) for n in [node, *node.find_all(nodes.Node)])
+
+
+def _content_names(root: nodes.Template) -> set[str]:
+    """Variables that hold message content: ``{% set c = m['content'] %}``, ``{% for item in m.content %}``,
+    ``{% set ns.prompt = ... %}`` (as ``ns.prompt``), followed through chains of assignments."""
+    from jinja2 import nodes
+
+    names: set[str] = set()
+    bindings: list[tuple[nodes.Node, nodes.Node]] = [(n.target, n.node) for n in root.find_all(nodes.Assign)]
+    bindings += [(n.target, n.iter) for n in root.find_all(nodes.For)]
+    for _ in range(MAX_TAINT_ROUNDS):
+        before = len(names)
+        for target, value in bindings:
+            if _mentions_content(value, names):
+                names.update(_bound_names(target))
+        if len(names) == before:
+            break
+    return names
+
+
+def _bound_names(target: nodes.Node) -> set[str]:
+    """Names a set/for target binds: plain names, tuple members and ``ns.attr`` namespace slots."""
+    from jinja2 import nodes
+
+    if isinstance(target, nodes.NSRef):
+        return {f"{target.name}.{target.attr}"}
+    return {n.name for n in [target, *target.find_all(nodes.Name)] if isinstance(n, nodes.Name)}
+
+
 def _output_literals(node: nodes.Node) -> Iterator[tuple[str, int]]:
     """Literal strings that flow into the rendered text: constants joined with +, ~, if-else and filters."""
     from jinja2 import nodes
@@ -297,7 +415,10 @@ def literal_findings(lit: Literal) -> list[tuple[str, Severity, str, dict[str, A
                and len(w) > 3]
     suspicious = bool(_SUSPICIOUS_TEXT.search(text)) or bool(trigger)
     words = _prose_words(text)
-    if (len(words) >= 4 or trigger) and not (date_claimed and not suspicious):
+    hidden = _hidden_instruction(lit, short, words, trigger)
+    if hidden is not None:
+        out.insert(0, hidden)
+    elif (len(words) >= 4 or trigger) and not (date_claimed and not suspicious):
         evidence: dict[str, Any] = {"triggers": trigger} if trigger else {}
         if suspicious:
             out.append((R_T_INJECTED, Severity.MEDIUM,
@@ -309,6 +430,29 @@ def literal_findings(lit: Literal) -> list[tuple[str, Severity, str, dict[str, A
             out.append((R_T_INJECTED, Severity.LOW,
                         f"template adds this text to every conversation: {short!r}", evidence))
     return out
+
+
+def _hidden_instruction(lit: Literal, short: str, words: list[str],
+                        trigger: list[str]) -> tuple[str, Severity, str, dict[str, Any]] | None:
+    """Text the user never sees joined to what they (or the system prompt) wrote, or an order to conceal.
+
+    A default system prompt is not this: it stands on its own when no system message is given. Text joined to
+    message content reaches the model as part of every message. Medium, not high, where the text is more likely
+    the template's own: in tool branches (the tool protocol's instructions), and in default-system branches
+    when the content comes through a variable (which there usually holds the default prompt being extended).
+    """
+    evidence: dict[str, Any] = {"triggers": trigger} if trigger else {}
+    if _CONCEAL.search(lit.text):
+        return (R_T_HIDDEN, Severity.HIGH, f"template tells the model to conceal something: {short!r}; no chat "
+                f"format needs that, a planted instruction does", evidence)
+    if lit.beside and (len(words) >= MIN_HIDDEN_WORDS or trigger):
+        how = "writes this text next to each message's content" if lit.beside == "sibling" else \
+            "joins this text to message content"
+        own = lit.context == "tools" or (lit.context == "default-system" and lit.beside == "joined-variable")
+        severity = Severity.MEDIUM if own else Severity.HIGH
+        return (R_T_HIDDEN, severity, f"template {how}: {short!r}; the model reads it as part of the message, "
+                f"an instruction the user never wrote or saw", {**evidence, "beside": lit.beside})
+    return None
 
 
 def template_findings(source: TemplateSource) -> Iterator[Finding]:

@@ -52,6 +52,7 @@ TOKEN_RULES = {
     R_REWRITE: "A normalizer or decoder rewrites text (Replace rules beyond whitespace markers)",
 }
 
+TOKENIZER_JSON = "tokenizer.json"
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token",
                 "image_token", "audio_token", "video_token", "boi_token", "eoi_token")
 SPECIAL_LIST_KEYS = ("additional_special_tokens", "extra_special_tokens")
@@ -121,8 +122,13 @@ class TokenizerView:
         return set(self.vocab) | {t.content for t in self.added} | {t.content for t in self.specials}
 
     def invalid(self, path: str, message: str, member: str | None = None) -> None:
-        """Record a broken file or entry and read on: one malformed file must not hide the others' tokens."""
-        self.problems.append(Finding(R_INVALID, Severity.MEDIUM, f"{path}: {message}",
+        """Record a broken file or entry and read on: one malformed file must not hide the others' tokens.
+
+        A broken tokenizer.json is high: it is the file the tokenizer is built from, so the model cannot be
+        loaded (or is loaded with another tokenizer than the one reviewed). The other files are medium.
+        """
+        severity = Severity.HIGH if path == TOKENIZER_JSON else Severity.MEDIUM
+        self.problems.append(Finding(R_INVALID, severity, f"{path}: {message}",
                                      location=Location(path=path, member=member), evidence={"problem": message}))
 
 
@@ -160,12 +166,14 @@ def _load(src: _Source, view: TokenizerView, name: str, kind: type) -> Any:
 
 def _read_tokenizer_json(src: _Source, view: TokenizerView) -> None:
     """Vocabulary, added tokens and text pipeline; malformed entries are reported and skipped, never guessed at."""
-    name = "tokenizer.json"
+    name = TOKENIZER_JSON
     data = _load(src, view, name, dict)
     if data is None:
         return
     model = data.get("model")
     vocab = model.get("vocab") if isinstance(model, dict) else None
+    if not isinstance(model, dict) or vocab is None:
+        view.invalid(name, "has no model object with a vocab, as every tokenizer.json has", member="model")
     if isinstance(vocab, dict):
         bad = [k for k, v in vocab.items() if isinstance(v, bool) or not isinstance(v, int)]
         if bad:
@@ -270,6 +278,23 @@ def trigger_reason(token: str) -> str | None:
     return None
 
 
+def _invisible(ch: str) -> bool:
+    """Renders as nothing: format characters (zero-width, joiners, bidi, BOM, tag characters, invisible
+    operators, Mongolian vowel separator), the whole tag block, variation selectors and Hangul fillers (letters
+    that draw nothing). Variation selectors count only here: after an emoji they are ordinary text."""
+    if unicodedata.category(ch) == "Cf" or 0xE0000 <= ord(ch) <= 0xE007F:
+        return True
+    name = unicodedata.name(ch, "")
+    return "VARIATION SELECTOR" in name or name.endswith("FILLER") or name == "COMBINING GRAPHEME JOINER"
+
+
+def only_invisible(token: str) -> bool:
+    """A token that is nothing but invisible characters (whitespace markers aside): no text needs one, and a
+    trigger made of it cannot be seen in a prompt or a review."""
+    core = token.strip(_WS_MARKERS + "\t\n\r")
+    return bool(core) and all(_invisible(ch) for ch in core)
+
+
 def invisible_chars(token: str) -> list[str]:
     """Code points (U+XXXX) of format/control characters: zero-width, bidi overrides, tag characters."""
     found = []
@@ -333,6 +358,12 @@ def _judge_token(tok: TokenDef, *, base_known: bool | None) -> Finding | None:
     if reason is not None:
         return _token_finding(R_TRIGGER, Severity.MEDIUM, tok, f"token {shown} looks like a trigger: {reason}",
                               reason=reason, **extra)
+    if only_invisible(tok.content):
+        points = sorted({f"U+{ord(ch):04X}" for ch in tok.content if _invisible(ch)})
+        return _token_finding(R_INVISIBLE, Severity.HIGH, tok,
+                              f"token {shown} is made only of invisible characters {', '.join(points)}; it has no "
+                              f"use in text and can carry a trigger no reviewer or user sees", codepoints=points,
+                              only_invisible=True, **extra)
     hidden = invisible_chars(tok.content)
     if hidden:
         return _token_finding(R_INVISIBLE, Severity.MEDIUM, tok,
