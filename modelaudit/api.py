@@ -39,7 +39,8 @@ def scan(target: str | os.PathLike[str], *, revision: str | None = None, base: s
     if unknown:
         raise UsageError(f"unknown stage(s) {', '.join(unknown)} (known: {', '.join(stage_names())})")
     start = time.perf_counter()
-    resolved = resolve_target(str(target), revision=revision, cache_dir=cfg.cache_dir, offline=cfg.offline)
+    resolved = resolve_target(str(target), revision=revision, cache_dir=cfg.cache_dir, offline=cfg.offline,
+                              limits=cfg.read_limits)
     report = Report(target=resolved.info, tool_version=__version__,
                     timings={"resolve": time.perf_counter() - start})
     ctx = StageContext(resolved=resolved, config=cfg, report=report, base=base)

@@ -147,10 +147,13 @@ class FileEntry:
     """Relative POSIX path inside the model root."""
     size: int
     """Size in bytes."""
-    sha256: str
-    """Hex digest of the whole file."""
+    sha256: str | None
+    """Hex digest of the whole file; None when it was not hashed (``unread`` says why)."""
     content_type: str
-    """Type sniffed from bytes: safetensors, pickle, pytorch-zip, zip, gguf, json, text, numpy, ..."""
+    """Type sniffed from bytes: safetensors, pickle, pytorch-zip, zip, gguf, json, text, numpy, ...; or, for a
+    symbolic link that is never opened, ``link-outside``, ``link-dangling`` or ``link-loop``."""
+    unread: str | None = None
+    """Why the file was not read or not hashed in full (a link out of the target, a read limit); None if hashed."""
 
 
 @dataclass

@@ -19,7 +19,7 @@ from modelaudit.findings import Finding, Report, ScanError, Severity, StageCover
 from modelaudit.loading import LoadedModel, load_model
 from modelaudit.policy import Policy
 from modelaudit.registry import Plugin, StageSpec
-from modelaudit.target import ResolvedTarget
+from modelaudit.target import DEFAULT_READ_LIMITS, ReadLimits, ResolvedTarget
 
 BUDGETS = ("quick", "standard", "deep")
 """The behavioural stages' effort levels, cheapest first; each stage maps them to its own sizes."""
@@ -37,6 +37,8 @@ class ScanConfig:
     """Hugging Face cache folder (default: the hub's own default / HF_HUB_CACHE)."""
     offline: bool | None = None
     """Force hub offline mode; None follows HF_HUB_OFFLINE."""
+    read_limits: ReadLimits = DEFAULT_READ_LIMITS
+    """How many bytes the inventory hashes per file and in all; a file past them is listed without a digest."""
     device: str = "auto"
     """auto, cpu or cuda for stages that load the model."""
     dtype: str = "auto"

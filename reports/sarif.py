@@ -131,7 +131,7 @@ def render_sarif(report: Report, *, rules: dict[str, str]) -> str:
                             "informationUri": INFORMATION_URI, "rules": descriptors}},
         "originalUriBaseIds": {ROOT_ID: {"uri": _root_uri(report)}},
         "artifacts": [{"location": {"uri": _uri(e.path), "uriBaseId": ROOT_ID}, "length": e.size,
-                       "hashes": {"sha-256": e.sha256}, "properties": {"contentType": e.content_type}}
+                       **({"hashes": {"sha-256": e.sha256}} if e.sha256 else {}), "properties": {"contentType": e.content_type}}
                       for e in report.target.files],
         "invocations": [{
             "executionSuccessful": not report.errors and report.verdict is not Verdict.INCOMPLETE,

@@ -17,6 +17,7 @@ from typing import Any
 
 from modelaudit.findings import FileEntry, Finding, ScanError, StageCoverage
 from modelaudit.registry import load_plugins, static_checks
+from modelaudit.target import UNREAD_LINK_TYPES
 
 CheckFn = Callable[["StaticContext"], Iterable[Finding]]
 MAX_JSON_BYTES = 64 * 1024 * 1024
@@ -31,7 +32,14 @@ class StaticContext:
     root: Path
     files: list[FileEntry]
     base_tokenizer_dir: Path | None = None
+    unread: list[FileEntry] = field(default_factory=list)
+    """Links the inventory refused to follow (out of the target, dangling, looping): moved out of ``files``
+    so that no check opens them; only the files check reports them."""
     _json_cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.unread = [*self.unread, *(f for f in self.files if f.content_type in UNREAD_LINK_TYPES)]
+        self.files = [f for f in self.files if f.content_type not in UNREAD_LINK_TYPES]
 
     def path(self, rel: str) -> Path:
         return self.root / rel

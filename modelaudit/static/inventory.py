@@ -1,6 +1,8 @@
 """File-level checks on the inventory: executables, escaping symlinks, lying extensions, pickle-only weights.
 
-These need no parsing beyond the sniffed content type, so they are cheap and run on every file.
+These need no parsing beyond the sniffed content type, so they are cheap and run on every file. Links the
+inventory refused to follow (``target.symlink_escape`` decides) reach this check only through
+``StaticContext.unread``; it reports them and opens nothing.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from pathlib import Path
 
 from modelaudit.findings import Finding, Location, Severity
 from modelaudit.static.base import StaticContext, static_check
+from modelaudit.target import LINK_OUTSIDE, symlink_escape
 
 # What each extension promises, for extensions whose promise we can check by bytes.
 # (.safetensors is checked by the safetensors check, which also parses the header.)
@@ -36,7 +39,9 @@ _SAFE_WEIGHT_TYPES = {"safetensors", "gguf"}
     "static.files.native-code": "A native executable or shared library ships with the model",
     "static.files.script": "A script file ships with the model",
     "static.files.extension-mismatch": "A file's bytes contradict its extension",
-    "static.files.symlink-escape": "A symbolic link points outside the model folder",
+    "static.files.symlink-escape": "A symbolic link points outside the model folder (never read)",
+    "static.files.broken-link": "A symbolic link that dangles or loops",
+    "static.files.not-hashed": "A file over a read limit was not hashed; the report has no digest for it",
     "static.files.pickle-only-weights": "Weights exist only in a pickle-based format",
     "static.files.empty": "An empty file where a model file is expected",
 })
@@ -64,11 +69,12 @@ def check_files(ctx: StaticContext) -> Iterator[Finding]:
             yield Finding("static.files.extension-mismatch", severity,
                           f"{entry.path} has extension {suffix} but its bytes are {entry.content_type}",
                           location=loc, evidence={"extension": suffix, "content_type": entry.content_type})
-        escape = _symlink_escape(ctx.root, entry.path)
-        if escape is not None:
-            yield Finding("static.files.symlink-escape", Severity.HIGH,
-                          f"{entry.path} is a symbolic link to {escape}, outside the model folder",
-                          location=loc, evidence={"target": escape})
+        if entry.sha256 is None:
+            yield Finding("static.files.not-hashed", Severity.MEDIUM,
+                          f"{entry.path} ({entry.size} bytes) has no digest in this report: {entry.unread}; "
+                          "raise the read limit to verify it", location=loc,
+                          evidence={"size": entry.size, "reason": entry.unread})
+    yield from _unread_links(ctx)
     weight_types = {f.content_type for f in ctx.files}
     if weight_types & _PICKLE_TYPES and not weight_types & _SAFE_WEIGHT_TYPES:
         pickles = [f.path for f in ctx.files if f.content_type in _PICKLE_TYPES]
@@ -78,19 +84,20 @@ def check_files(ctx: StaticContext) -> Iterator[Finding]:
                       location=Location(path=pickles[0]), evidence={"files": pickles})
 
 
-def _symlink_escape(root: Path, rel: str) -> str | None:
-    """Resolved target of a link under ``root`` that leaves it, else None.
-
-    Hub snapshots link every file into ``../../blobs``; those stay inside the repo's cache folder, so the
-    allowed area for a snapshot is the repo folder two levels up.
-    """
-    path = root / rel
-    if not any(p.is_symlink() for p in [path, *path.parents] if root in p.parents or p == path):
-        return None
-    allowed = root
-    if root.parent.name == "snapshots":
-        allowed = root.parent.parent
-    resolved = path.resolve()
-    if resolved == allowed or allowed in resolved.parents:
-        return None
-    return str(resolved)
+def _unread_links(ctx: StaticContext) -> Iterator[Finding]:
+    """Links out of the folder are critical: any loader following one reads a host file (``/etc/shadow``) as
+    model data, so the model stages do not load the model; dangling and looping links are only named."""
+    for entry in ctx.unread:
+        loc = Location(path=entry.path)
+        if entry.content_type == LINK_OUTSIDE:
+            try:
+                target = symlink_escape(ctx.root, entry.path)
+            except (OSError, RuntimeError):
+                target = None
+            yield Finding("static.files.symlink-escape", Severity.CRITICAL,
+                          f"{entry.path} is a symbolic link to {target or 'a path'} outside the model folder; "
+                          "it was not read, and loading the model would read that file",
+                          location=loc, evidence={"target": target})
+        else:
+            yield Finding("static.files.broken-link", Severity.LOW, f"{entry.path}: {entry.unread}",
+                          location=loc, evidence={"content_type": entry.content_type})

@@ -8,9 +8,15 @@ headers only, never tensor data, so a multi-GB folder costs a few small reads pe
 
 from __future__ import annotations
 
+import ast
+import base64
+import binascii
+import io
 import json
 import math
+import re
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -18,6 +24,8 @@ from typing import Any
 
 from modelaudit.findings import FileEntry, Finding, Location, Severity
 from modelaudit.static.base import StaticContext, static_check
+from modelaudit.static.pickles import DEFAULT_LIMITS, analyse_stream, classify_global
+from modelaudit.target import magic
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 """Largest header we parse; the reference implementation refuses bigger ones too."""
@@ -30,6 +38,12 @@ MAX_EXAMPLES = 10
 MAX_NAME_CHARS = 200
 """Longest tensor or shard name quoted in a finding: a hostile header can hold 100 MB names."""
 INDEX_SUFFIX = ".safetensors.index.json"
+MAX_METADATA_DECODE_CHARS = 16 * 1024 * 1024
+"""Longest metadata value (or joined run of chunk values) decoded to look for a payload; longer is a finding."""
+MIN_ENCODED_CHARS = 16
+"""Shorter encoded strings cannot hold a payload worth hiding (a pickle that calls anything needs more)."""
+MIN_PAYLOAD_BYTES = 8
+"""Decoded bytes below this are not judged (too short for any format to be told from noise)."""
 
 # Bits per element, as the safetensors format defines its dtypes (sub-byte types are packed).
 DTYPE_BITS: dict[str, int] = {
@@ -64,6 +78,7 @@ RULES: dict[str, str] = {
     "static.safetensors.index-shard-not-safetensors": "The index names a shard whose bytes are not safetensors",
     "static.safetensors.index-missing-tensor": "The index maps a tensor to a shard that does not hold it",
     "static.safetensors.index-unlisted-tensor": "A shard holds tensors its index does not list",
+    "static.safetensors.metadata-payload": "__metadata__ hides an encoded pickle, archive, executable or Python code",
 }
 
 
@@ -154,6 +169,8 @@ def inspect_file(path: Path, entry: FileEntry) -> FileReport:
         report.flush()
         if not report.findings:
             _second_opinion(path, report)
+        if isinstance(report.header.metadata, dict):
+            _check_metadata(report.header.metadata, report)
     return report
 
 
@@ -354,6 +371,172 @@ def _second_opinion(path: Path, report: FileReport) -> None:
         report.add("static.safetensors.rejected", _H,
                    "the safetensors library sees different tensor names than the header declares",
                    tensors=[_name(t) for t in diff[:MAX_EXAMPLES]], count=len(diff))
+
+
+# --- payloads hidden in __metadata__ ------------------------------------------------------------------
+# Metadata is free text that loaders hand to user code; a pickle encoded there (whole, or split over keys
+# that code elsewhere joins and unpickles) passes every tensor check. Decoding a string runs nothing.
+
+_ENCODINGS: tuple[tuple[str, re.Pattern[str], Any], ...] = (
+    ("hex", re.compile(r"(?:[0-9a-fA-F]{2})+"), bytes.fromhex),
+    ("base64", re.compile(r"[A-Za-z0-9+/]+={0,2}"), lambda s: base64.b64decode(s + "=" * (-len(s) % 4))),
+    ("base64", re.compile(r"[A-Za-z0-9_-]+={0,2}"), lambda s: base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))),
+    ("base85", re.compile(r"[0-9A-Za-z!#$%&()*+\-;<=>?@^_`{|}~]+"), base64.b85decode),
+    ("ascii85", re.compile(r"(?:<~)?[!-uz]+(?:~>)?"), lambda s: base64.a85decode(s, adobe=s.startswith("<~"))),
+)
+_CHUNK_KEY = re.compile(r"^(.*?)(\d+)$")
+_EXECUTABLE = {"elf": "an ELF executable", "pe": "a Windows PE executable", "macho": "a Mach-O executable"}
+_CODE_CALLS = frozenset({"exec", "eval", "compile", "__import__", "getattr", "open", "system", "popen", "loads"})
+
+
+@dataclass
+class _Payload:
+    """What a decoded metadata value turned out to be."""
+
+    kind: str
+    severity: Severity
+    detail: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_metadata(metadata: dict[str, Any], report: FileReport) -> None:
+    """Decode every value, and runs of values that look like chunks of one, and name any payload found."""
+    values = {k: v for k, v in metadata.items() if isinstance(k, str) and isinstance(v, str)}
+    flagged = {key for key, value in values.items() if _judge_text(value, [key], report)}
+    for keys in _chunk_runs(values):
+        if flagged.isdisjoint(keys) and _judge_text("".join(values[k].strip() for k in keys), keys, report):
+            flagged.update(keys)  # one finding per payload, not one per way of joining its chunks
+
+
+def _chunk_runs(values: dict[str, str]) -> list[list[str]]:
+    """Key sequences whose values may be pieces of one encoded blob: every encoded-looking value in header
+    order and in natural key order, and each family of numbered keys (``p0``, ``p1``, ...) in number order."""
+    encoded = [k for k, v in values.items() if any(rx.fullmatch(v.strip()) for _, rx, _ in _ENCODINGS)]
+    families: dict[str, list[tuple[int, str]]] = {}
+    for key in encoded:
+        m = _CHUNK_KEY.match(key)
+        if m:
+            families.setdefault(m.group(1), []).append((int(m.group(2)), key))
+    runs = [encoded, sorted(encoded, key=_natural)]
+    runs += [[k for _, k in sorted(family)] for family in families.values()]
+    unique: list[list[str]] = []
+    for run in runs:
+        if len(run) > 1 and run not in unique:
+            unique.append(run)
+    return unique
+
+
+def _natural(key: str) -> tuple[str, int]:
+    m = _CHUNK_KEY.match(key)
+    return (m.group(1), int(m.group(2))) if m else (key, -1)
+
+
+def _judge_text(text: str, keys: list[str], report: FileReport) -> bool:
+    """One finding (the worst reading) for a value or a joined run of values; True when it made one."""
+    text = text.strip()
+    if len(text) < MIN_ENCODED_CHARS:
+        return False
+    what = f"__metadata__ key {_name(keys[0])!r}" if len(keys) == 1 else \
+        f"__metadata__ keys {', '.join(repr(_name(k)) for k in keys[:MAX_EXAMPLES])} joined"
+    if len(text) > MAX_METADATA_DECODE_CHARS:
+        if any(rx.fullmatch(text[:4096]) for _, rx, _ in _ENCODINGS):
+            report.add("static.safetensors.metadata-payload", _M,
+                       f"{what}: {len(text)} encoded-looking characters, more than the "
+                       f"{MAX_METADATA_DECODE_CHARS} this check decodes; it is unchecked",
+                       member="__metadata__", keys=[_name(k) for k in keys[:MAX_EXAMPLES]], chars=len(text))
+            return True
+        return False
+    found: list[tuple[str, _Payload]] = []
+    for encoding, pattern, decode in _ENCODINGS:
+        if not pattern.fullmatch(text):
+            continue
+        try:
+            data = decode(text)
+        except (ValueError, binascii.Error):
+            continue
+        payload = _identify(data)
+        if payload is not None:
+            found.append((encoding, payload))
+    if found:
+        encoding, payload = max(found, key=lambda ep: ep[1].severity.rank)
+        report.add("static.safetensors.metadata-payload", payload.severity,
+                   f"{what}: {encoding} text that decodes to {payload.detail}; code that decodes metadata "
+                   "would run or unpack it", member="__metadata__",
+                   keys=[_name(k) for k in keys[:MAX_EXAMPLES]], encoding=encoding, payload=payload.kind,
+                   **payload.evidence)
+    return bool(found)
+
+
+def _identify(data: bytes) -> _Payload | None:
+    """A pickle, archive, executable or Python source in decoded bytes; None for anything else."""
+    if len(data) < MIN_PAYLOAD_BYTES:
+        return None
+    kind = magic(data[:512])
+    if kind in _EXECUTABLE and (kind != "pe" or _has_pe_header(data)):
+        return _Payload(kind, _H, _EXECUTABLE[kind])
+    if kind in {"zip", "gzip", "bz2", "xz", "tar"} and _archive_opens(kind, data):
+        return _Payload(kind, _M, f"a {kind} archive")
+    pickle = _as_pickle(data)
+    if pickle is not None:
+        return pickle
+    return _as_python(data)
+
+
+def _archive_opens(kind: str, data: bytes) -> bool:
+    """Magic bytes plus a readable start: gzip's two-byte magic alone begins one hash in 65536."""
+    if kind == "gzip":
+        try:
+            zlib.decompressobj(wbits=31).decompress(data, MIN_PAYLOAD_BYTES)
+        except zlib.error:
+            return False
+        return True
+    if kind == "bz2":
+        return data[3:4].isdigit() and data[4:10] == b"1AY&SY"
+    return True  # zip, xz and tar magic are four or more bytes
+
+
+def _has_pe_header(data: bytes) -> bool:
+    """``MZ`` alone is two bytes any hash can start with; a PE file also points at its ``PE\\0\\0`` header."""
+    if len(data) < 64:
+        return False
+    (offset,) = struct.unpack_from("<I", data, 60)
+    return data[offset:offset + 4] == b"PE\x00\x00"
+
+
+def _as_pickle(data: bytes) -> _Payload | None:
+    """The pickle check's own opcode simulation (nothing is unpickled) on the decoded bytes."""
+    analysis = analyse_stream(io.BytesIO(data), limits=DEFAULT_LIMITS)
+    refs = sorted(analysis.globals)
+    denied = [g.ref for g in analysis.globals.values() if classify_global(g.module, g.name) == "deny"]
+    # the whole blob is the pickle, with a real protocol header (2-5) or as protocol-0 text: random bytes
+    # that happen to parse for a few opcodes (a decoded hash) are neither
+    whole = analysis.pickles > 0 and analysis.error is None and analysis.end >= len(data.rstrip(b"\n")) and (
+        (data[0] == 0x80 and 2 <= data[1] <= 5) or data.isascii())
+    if denied:
+        return _Payload("pickle", _H, f"a pickle that reaches {', '.join(denied[:3])} (code execution on load)",
+                        {"globals": refs[:MAX_EXAMPLES]})
+    if whole:
+        return _Payload("pickle", _M, "a pickle (loading it with pickle.loads can run code)",
+                        {"globals": refs[:MAX_EXAMPLES]})
+    return None
+
+
+def _as_python(data: bytes) -> _Payload | None:
+    """Python source: it parses, and imports something, defines something, or calls exec-like names."""
+    try:
+        tree = ast.parse(data.decode("utf-8"))
+    except (UnicodeDecodeError, SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
+                             ast.Lambda)):
+            return _Payload("python", _M, "Python source code")
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if name in _CODE_CALLS:
+                return _Payload("python", _M, "Python source code")
+    return None
 
 
 def check_index(ctx: StaticContext, entry: FileEntry,

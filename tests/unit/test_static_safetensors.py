@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import json
 import pickle
 import struct
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -320,3 +324,80 @@ def test_check_does_not_import_torch(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60,
                          cwd=Path(__file__).resolve().parents[2], check=True)
     assert out.stdout.strip() == "False"
+
+
+# --- payloads hidden in __metadata__ (issue 17 item 8) ----------------------------------------------------
+
+CANARY = "/tmp/modelaudit-metadata-canary-must-not-exist"
+
+
+class _Reduce:
+    """Serialising this runs nothing; unpickling it would run a shell command that creates the canary."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        import os
+
+        return (os.system, (f"touch {CANARY}",))
+
+
+def _with_metadata(folder: Path, metadata: dict[str, str]) -> Path:
+    save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"), metadata=metadata)
+    return folder
+
+
+def _payload_findings(folder: Path) -> list[Any]:
+    return _scan(folder).get("static.safetensors.metadata-payload", [])
+
+
+@pytest.mark.parametrize("encode", [base64.b64encode, base64.urlsafe_b64encode, base64.b85encode,
+                                    lambda b: b.hex().encode()], ids=["base64", "urlsafe", "base85", "hex"])
+def test_encoded_pickle_with_dangerous_call_in_metadata_is_high(tmp_path: Path, encode: Any) -> None:
+    blob = encode(pickle.dumps(_Reduce(), protocol=2)).decode()
+    found = _payload_findings(_with_metadata(tmp_path, {"format": "pt", "extra": blob}))
+    assert [(f.severity, f.evidence["payload"]) for f in found] == [(Severity.HIGH, "pickle")]
+    assert "system" in found[0].message and found[0].location.member == "__metadata__"
+    assert not Path(CANARY).exists()
+
+
+def test_pickle_split_over_several_keys_is_joined_and_found(tmp_path: Path) -> None:
+    blob = base64.b64encode(pickle.dumps(_Reduce(), protocol=4)).decode()
+    parts = {f"payload_{i}": blob[i * 10:(i + 1) * 10] for i in range(len(blob) // 10 + 1)}
+    shuffled = dict(sorted(parts.items(), reverse=True))  # header order is not the chunk order
+    found = _payload_findings(_with_metadata(tmp_path, {"format": "pt", **shuffled}))
+    assert [f.severity for f in found] == [Severity.HIGH]
+    assert found[0].evidence["keys"][0] == "payload_0"
+
+
+def test_harmless_pickle_archive_and_code_in_metadata_are_medium(tmp_path: Path) -> None:
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as zf:
+        zf.writestr("a.txt", "x")
+    metadata = {"state": base64.b64encode(pickle.dumps({"lr": 0.1, "steps": [1, 2, 3]}, protocol=4)).decode(),
+                "bundle": base64.b64encode(zipped.getvalue()).decode(),
+                "hook": base64.b64encode(b"import os\nos.system('id')\n").decode()}
+    found = {f.evidence["keys"][0]: (f.severity, f.evidence["payload"]) for f in _payload_findings(
+        _with_metadata(tmp_path, metadata))}
+    assert found == {"state": (Severity.MEDIUM, "pickle"), "bundle": (Severity.MEDIUM, "zip"),
+                     "hook": (Severity.MEDIUM, "python")}
+
+
+def test_encoded_executable_in_metadata_is_high(tmp_path: Path) -> None:
+    elf = b"\x7fELF\x02\x01\x01" + b"\x00" * 57
+    found = _payload_findings(_with_metadata(tmp_path, {"blob": base64.b64encode(elf).decode()}))
+    assert [(f.severity, f.evidence["payload"]) for f in found] == [(Severity.HIGH, "elf")]
+
+
+def test_ordinary_metadata_stays_clean(tmp_path: Path) -> None:
+    metadata = {
+        "format": "pt",
+        "sha256": hashlib.sha256(b"weights").hexdigest(),
+        "base_model_sha": "a" * 40,
+        "merge_recipe": "models:\n  - model: org/a\n    parameters: {weight: 0.5}\nmerge_method: slerp\n",
+        "config": json.dumps({"hidden_size": 4096, "layers": list(range(32)), "name": "llama-3-8b-instruct"}),
+        "modelspec.sai_model_spec": "1.0.0",
+        "checksum_b64": base64.b64encode(hashlib.sha256(b"x").digest()).decode(),
+        "license": "apache-2.0",
+        "notes": base64.b64encode(b"A plain note about this model, nothing more.").decode(),
+        "card": base64.b64encode(json.dumps({"a": 1, "b": [1, 2]}).encode()).decode(),
+    }
+    assert _payload_findings(_with_metadata(tmp_path, metadata)) == []

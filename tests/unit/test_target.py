@@ -14,7 +14,17 @@ from pathlib import Path
 import pytest
 
 from modelaudit.errors import TargetNotFoundError, TargetUnreadableError, UsageError
-from modelaudit.target import inventory, looks_like_hub_id, resolve_target
+from modelaudit.target import (
+    GIB,
+    LINK_DANGLING,
+    LINK_LOOP,
+    LINK_OUTSIDE,
+    UNREAD_LINK_TYPES,
+    ReadLimits,
+    inventory,
+    looks_like_hub_id,
+    resolve_target,
+)
 
 SHA_MAIN = "a" * 40
 SHA_OLD = "b" * 40
@@ -136,3 +146,102 @@ def test_hub_id_pattern() -> None:
     assert looks_like_hub_id("HuggingFaceTB/SmolLM2-135M-Instruct")
     assert not looks_like_hub_id("./local/dir")
     assert not looks_like_hub_id("a/b/c")
+
+
+# --- read limits (issue 17 item 15) ---------------------------------------------------------------------
+
+def test_file_over_the_hash_limit_is_listed_without_a_digest(tmp_path: Path) -> None:
+    """A 10 GiB sparse file is sniffed from its head, not hashed; the entry names the limit (no fake digest)."""
+    with open(tmp_path / "huge.bin", "wb") as fh:
+        fh.truncate(10 * GIB)
+    (tmp_path / "config.json").write_text('{"a": 1}')
+    resolved = resolve_target(str(tmp_path), limits=ReadLimits(max_hash_bytes_per_file=1024 * 1024))
+    by_path = {f.path: f for f in resolved.info.files}
+    huge = by_path["huge.bin"]
+    assert huge.sha256 is None and huge.size == 10 * GIB
+    assert huge.unread is not None and "max_hash_bytes_per_file" in huge.unread
+    assert by_path["config.json"].sha256 == hashlib.sha256(b'{"a": 1}').hexdigest()
+
+
+def test_total_hash_limit_stops_hashing_in_path_order(tmp_path: Path) -> None:
+    for name in ("a.bin", "b.bin", "c.bin"):
+        (tmp_path / name).write_bytes(b"\x01" * 1000)
+    entries = inventory(tmp_path, limits=ReadLimits(max_hash_bytes_total=2500))
+    assert [e.sha256 is not None for e in entries] == [True, True, False]
+    assert entries[2].unread is not None and "max_hash_bytes_total" in entries[2].unread
+
+
+# --- symbolic links (issue 17 item 16) ------------------------------------------------------------------
+
+def test_link_out_of_the_folder_is_marked_and_never_read(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"SECRET!!" + b"x" * 100)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    os.symlink(secret, model / "model.safetensors")
+    entry = {e.path: e for e in resolve_target(str(model)).info.files}["model.safetensors"]
+    assert (entry.content_type, entry.sha256, entry.size) == (LINK_OUTSIDE, None, 0)
+    single = resolve_target(str(model / "model.safetensors")).info.files
+    assert [(e.path, e.content_type) for e in single] == [("model.safetensors", LINK_OUTSIDE)]
+
+
+def test_dangling_and_looping_links_are_named_not_fatal(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    os.symlink("missing.bin", tmp_path / "dangling.bin")
+    os.symlink("loop.bin", tmp_path / "loop.bin")
+    types = {e.path: (e.content_type, e.sha256) for e in resolve_target(str(tmp_path)).info.files}
+    assert types["dangling.bin"] == (LINK_DANGLING, None)
+    assert types["loop.bin"] == (LINK_LOOP, None)
+
+
+def test_hub_snapshot_links_into_blobs_are_inside_but_out_of_the_repo_are_not(tmp_path: Path) -> None:
+    repo = make_hub_cache(tmp_path)
+    resolved = resolve_target("acme/tiny", cache_dir=tmp_path, offline=True)
+    assert all(e.content_type not in UNREAD_LINK_TYPES and e.sha256 for e in resolved.info.files)
+    outside = tmp_path / "elsewhere.txt"
+    outside.write_text("not part of the repo")
+    os.symlink(os.path.relpath(outside, repo / "snapshots" / SHA_MAIN), repo / "snapshots" / SHA_MAIN / "extra.txt")
+    os.symlink("../../refs/main", repo / "snapshots" / SHA_MAIN / "ref.txt")  # in the repo, but not a blob
+    types = {e.path: e.content_type for e in resolve_target("acme/tiny", cache_dir=tmp_path, offline=True).info.files}
+    assert types["extra.txt"] == types["ref.txt"] == LINK_OUTSIDE
+    assert types["model.safetensors"] == "safetensors"
+
+
+# --- hub refs and revisions (issue 17 item 17) ----------------------------------------------------------
+
+@pytest.mark.parametrize("ref", ["../../outside", "abc/../../../outside", f"{SHA_OLD}/../../../outside"])
+def test_cache_ref_holding_a_path_is_refused(tmp_path: Path, ref: str) -> None:
+    repo = make_hub_cache(tmp_path)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "config.json").write_text("{}")
+    (repo / "snapshots" / "abc").mkdir()
+    (repo / "refs" / "main").write_text(ref)
+    with pytest.raises(TargetUnreadableError, match="not a commit sha"):
+        resolve_target("acme/tiny", cache_dir=tmp_path, offline=True)
+
+
+def test_cache_ref_to_another_repo_snapshot_is_refused(tmp_path: Path) -> None:
+    repo = make_hub_cache(tmp_path)
+    make_hub_cache(tmp_path, "evil/other")
+    (repo / "snapshots" / SHA_OLD / "x").mkdir()
+    (repo / "refs" / "main").write_text(f"{SHA_OLD}/x/../../../../models--evil--other/snapshots/{SHA_MAIN}")
+    with pytest.raises(TargetUnreadableError, match="not a commit sha"):
+        resolve_target("acme/tiny", cache_dir=tmp_path, offline=True)
+
+
+@pytest.mark.parametrize("revision", ["../../outside", "abc/../../x", "/etc", "main/", ".."])
+def test_revision_that_is_a_path_is_a_usage_error(tmp_path: Path, revision: str) -> None:
+    make_hub_cache(tmp_path)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "config.json").write_text("{}")
+    with pytest.raises(UsageError, match="neither a commit sha nor a branch or tag name"):
+        resolve_target("acme/tiny", revision=revision, cache_dir=tmp_path, offline=True)
+
+
+def test_revision_as_sha_or_branch_still_resolves(tmp_path: Path) -> None:
+    make_hub_cache(tmp_path)
+    assert resolve_target("acme/tiny", revision=SHA_OLD, cache_dir=tmp_path,
+                          offline=True).info.resolved_revision == SHA_OLD
+    assert resolve_target("acme/tiny", revision="main", cache_dir=tmp_path,
+                          offline=True).info.resolved_revision == SHA_MAIN
