@@ -13,8 +13,8 @@ from modelaudit.registry import Evidence, StageSpec, register_stage, static_chec
 from modelaudit.stages import StageContext, StageOutput
 from modelaudit.static.base import WEIGHT_TYPES, StaticContext, run_static_checks
 
-UNFINISHED_RULE_SUFFIXES = (".resource-limit", ".scan-incomplete")
-"""Findings that say a check stopped before the end of a file (a size, time or nesting cap was hit): the
+UNFINISHED_RULE_SUFFIXES = (".resource-limit", ".scan-incomplete", ".not-hashed")
+"""Findings that say a file was not read to the end (a size, time or nesting cap was hit, or a hash limit): the
 file is not known to be safe, so the stage did not fully run."""
 NO_MODEL_NOTE = ("no model weights were recognised (looked for safetensors, PyTorch, pickle, GGUF and NumPy "
                  "files by their bytes); nothing here can be vouched for as a model")
