@@ -552,7 +552,8 @@ class _Analyzer:
         if target is not None and target in DANGEROUS_CALLS:
             self._hit(DANGEROUS_CALLS[target], node, target)
         elif attr is None and len(node.args) >= 2 and owner in DANGEROUS_MODULES and owner != "builtins":
-            self._hit(Danger(R_DYNAMIC, Severity.HIGH, f"fetches an attribute of {owner} chosen at run time"),
+            self._hit(Danger(R_DYNAMIC, Severity.HIGH, f"fetches an attribute of {owner} chosen at run time, so any of "
+                             f"its dangerous functions can be reached"),
                       node, f"getattr({owner}, ...)")
 
     def _classify_call(self, node: ast.Call, name: str) -> None:
