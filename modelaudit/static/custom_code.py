@@ -6,7 +6,11 @@ is arbitrary code execution by design, so shipping it is already worth a medium 
 that, each ``.py`` file is parsed (never imported) and calls or imports that execute processes, talk to
 the network, delete or write files outside the model, or execute dynamically built code are reported
 with their line. Names are resolved through the file's imports, so ``import subprocess as sp;
-sp.run(...)`` and ``from os import system`` are caught as well as the plain spelling.
+sp.run(...)`` and ``from os import system`` are caught as well as the plain spelling, and through the
+usual hiding places (``posix.system``, ``getattr(os, "sys" + "tem")``, ``vars(os)[...]``,
+``sys.modules["os"]``, ``from os import *``, ``s = os.system``). A file whose syntax tree cannot be built
+(nested past the parser's limits) fails closed at high, and a token scan still reports the dangerous
+names it shows.
 """
 
 from __future__ import annotations
