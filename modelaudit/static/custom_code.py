@@ -6,7 +6,11 @@ is arbitrary code execution by design, so shipping it is already worth a medium 
 that, each ``.py`` file is parsed (never imported) and calls or imports that execute processes, talk to
 the network, delete or write files outside the model, or execute dynamically built code are reported
 with their line. Names are resolved through the file's imports, so ``import subprocess as sp;
-sp.run(...)`` and ``from os import system`` are caught as well as the plain spelling.
+sp.run(...)`` and ``from os import system`` are caught as well as the plain spelling, and through the
+usual hiding places (``posix.system``, ``getattr(os, "sys" + "tem")``, ``vars(os)[...]``,
+``sys.modules["os"]``, ``from os import *``, ``s = os.system``). A file whose syntax tree cannot be built
+(nested past the parser's limits) fails closed at high, and a token scan still reports the dangerous
+names it shows.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import ast
 import base64
 import binascii
+import builtins
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +27,7 @@ from typing import Any
 
 from modelaudit.findings import FileEntry, Finding, Location, Severity
 from modelaudit.static.base import StaticContext, static_check
+from modelaudit.static.pysource import fold_str, scan_tokens, walk_bounded, walk_with_parents
 
 RULE_PREFIX = "static.custom-code"
 R_TRUST = f"{RULE_PREFIX}.trust-remote-code"
@@ -36,6 +42,8 @@ R_DYNAMIC = f"{RULE_PREFIX}.dynamic-exec"
 R_DESER = f"{RULE_PREFIX}.deserialization"
 R_NATIVE = f"{RULE_PREFIX}.native-code"
 R_OBFUSCATED = f"{RULE_PREFIX}.obfuscated-blob"
+R_EXFIL = f"{RULE_PREFIX}.credential-exfiltration"
+R_PARSE_LIMIT = f"{RULE_PREFIX}.parse-limit"
 
 RULES = {
     R_TRUST: "Loading the model needs trust_remote_code=True: its own Python code would run",
@@ -50,6 +58,8 @@ RULES = {
     R_DESER: "Python code deserialises pickle/marshal data, which can execute code",
     R_NATIVE: "Python code loads native libraries (ctypes, cffi)",
     R_OBFUSCATED: "Python code carries a long encoded blob (base64/hex), a common way to hide a payload",
+    R_EXFIL: "Python code reads credentials from the environment in a file that also uses the network",
+    R_PARSE_LIMIT: "A Python file is nested beyond what the parser can build; only its tokens could be checked",
 }
 
 # Config files whose ``auto_map`` (or ``custom_pipelines``) tells transformers which module to import.
@@ -58,9 +68,14 @@ AUTO_MAP_FILES = ("config.json", "tokenizer_config.json", "processor_config.json
 MAX_SOURCE_BYTES = 10 * 1024 * 1024
 MAX_NESTED_DEPTH = 3
 MAX_DECODED_BYTES = 1024 * 1024
+MAX_RESOLVE_DEPTH = 16
+"""Deepest ``getattr(getattr(...))`` / attribute chain a name is resolved through (deeper is dynamic)."""
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _BLOB = re.compile(r"^[A-Za-z0-9+/=_-]{256,}$")
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# A SyntaxError that is the parser's nesting limit, not a mistake in the code.
+_PARSE_LIMIT = re.compile(r"too many nested|too many levels|too many statically nested|recursion|too complex", re.I)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -112,7 +127,31 @@ DANGEROUS_CALLS: dict[str, Danger] = {
     "pickle.Unpickler": _DESER, "_pickle.loads": _DESER, "cPickle.loads": _DESER, "cPickle.load": _DESER,
     "dill.*": _DESER, "cloudpickle.*": _DESER, "joblib.load": _DESER, "shelve.open": _DESER,
     "ctypes.*": _NATIVE, "cffi.*": _NATIVE, "_ctypes.*": _NATIVE,
+    "pydoc.pipepager": _PROC, "pydoc.tempfilepager": _PROC, "_posixsubprocess.*": _PROC,
+    "_winapi.CreateProcess": _PROC,
+    "torch.hub.load": Danger(R_DYNAMIC, Severity.HIGH, "downloads a repository's hubconf.py and runs it"),
 }
+# Modules that are another spelling of one in the tables: posix/nt are what os re-exports.
+MODULE_ALIASES = {"posix": "os", "nt": "os", "__builtins__": "builtins"}
+# Modules with dangerous attributes: getattr(os, name) with a computed name can reach any of them.
+DANGEROUS_MODULES = {k.rsplit(".", 1)[0] for k in DANGEROUS_CALLS if "." in k} | {"builtins"}
+_KNOWN_ROOTS = {k.split(".")[0] for k in DANGEROUS_CALLS} | {"os", "sys", "builtins", "importlib"}
+_IMPORTERS = {"__import__", "builtins.__import__", "importlib.import_module", "importlib.__import__"}
+
+# Attributes that walk from any object to a function's globals or to every class of the interpreter.
+_ESCAPE = Danger(R_DYNAMIC, Severity.HIGH, "walks object internals to reach globals, builtins or every loaded "
+                 "class (a sandbox-escape pattern)")
+_ESCAPE_ATTRS = {"__globals__", "__builtins__"}
+_HIERARCHY_ATTRS = {"__base__", "__bases__", "__mro__", "__subclasses__"}
+# Without a tree the receiver of __subclasses__ is unknown, so the token scan reports it on sight.
+_TOKEN_ESCAPE_ATTRS = _ESCAPE_ATTRS | {"__subclasses__"}
+
+# The process environment, and how a single variable is read from it.
+ENV_NAMES = {"os.environ", "os.environb"}
+ENV_READERS = {"os.getenv", "os.getenvb"}
+_ENV_ONE_VARIABLE = {"get", "setdefault", "pop", "update", "__getitem__", "__contains__", "__setitem__"}
+_ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]{1,99}$")
+_CREDENTIAL = re.compile(r"(^|_)(TOKENS?|KEYS?|SECRETS?|PASSWORD|PASSWD|CREDENTIALS?|APIKEY|AUTH)(_|$)|^AWS_")
 
 # Modules whose mere import is reported when no call into them was seen (calls are more precise).
 DANGEROUS_IMPORTS: dict[str, Danger] = {
@@ -125,6 +164,7 @@ DANGEROUS_IMPORTS: dict[str, Danger] = {
                  "xmlrpc.client", "pycurl")},
     **{m: Danger(R_DESER, Severity.MEDIUM, "imports a code-executing deserialiser")
        for m in ("marshal", "pickle", "_pickle", "cPickle", "dill", "cloudpickle")},
+    "_posixsubprocess": Danger(R_PROCESS, Severity.HIGH, "imports a process-execution module"),
     "ctypes": Danger(R_NATIVE, Severity.HIGH, "imports a native-code loader"),
     "_ctypes": Danger(R_NATIVE, Severity.HIGH, "imports a native-code loader"),
     "cffi": Danger(R_NATIVE, Severity.HIGH, "imports a native-code loader"),
@@ -280,42 +320,108 @@ class Hit:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class _Analyzer(ast.NodeVisitor):
+class _Analyzer:
     """Resolve names through the file's imports and record dangerous calls and imports.
 
-    Resolution is deliberately simple and static: ``alias -> dotted module path`` from import statements,
-    assignments of decoder results mark a name as "decoded payload". Nothing is evaluated.
+    Resolution is deliberately simple and static: ``alias -> dotted module path`` from import statements
+    and from assignments of module attributes (``s = os.system``), constant strings folded wherever a
+    name is looked up by text (``getattr(os, "sys" + "tem")``, ``vars(os)["system"]``,
+    ``sys.modules["os"]``), and assignments of decoder results mark a name as "decoded payload". Nothing
+    is evaluated. The tree is walked with an explicit stack, so nesting depth cannot crash the scan.
     """
 
     def __init__(self, depth: int = 0, line_offset: int = 0) -> None:
         self.aliases: dict[str, str] = {}
+        self.strings: dict[str, str] = {}
+        self.star_modules: list[str] = []
+        self.assigned: set[str] = set()
         self.local_defs: set[str] = set()
         self.decoded_names: set[str] = set()
         self.hits: list[Hit] = []
         self.imports: list[tuple[str, int]] = []
+        self.env_refs: list[tuple[int, str, bool]] = []
+        self.credential_names: dict[str, int] = {}
+        self.parent: ast.AST | None = None
         self.depth = depth
         self.line_offset = line_offset
 
+    def run(self, tree: ast.AST) -> None:
+        """Visit every node in source order (iteratively) with ``self.parent`` set."""
+        for node, parent in walk_with_parents(tree):
+            self.parent = parent
+            handler = getattr(self, f"visit_{type(node).__name__}", None)
+            if handler is not None:
+                handler(node)
+
     # -- name resolution -------------------------------------------------------------------------
-    def resolve(self, node: ast.AST) -> str | None:
-        """Dotted name a call target refers to, e.g. ``sp.run`` -> ``subprocess.run``; None if dynamic."""
+    def resolve(self, node: ast.AST, depth: int = 0) -> str | None:
+        """Dotted name an expression refers to, e.g. ``sp.run`` -> ``subprocess.run``; None if dynamic."""
+        if depth > MAX_RESOLVE_DEPTH:
+            return None
         parts: list[str] = []
         while isinstance(node, ast.Attribute):
+            if len(parts) >= MAX_RESOLVE_DEPTH:
+                return None
             parts.append(node.attr)
             node = node.value
         if isinstance(node, ast.Name):
-            base = self.aliases.get(node.id)
-            if base is None:
-                if node.id in self.local_defs and not parts:
-                    return None
-                base = node.id
-            return ".".join([base, *reversed(parts)])
-        if isinstance(node, ast.Call) and _is_getattr(node) and len(node.args) >= 2:
-            owner = self.resolve(node.args[0])
-            attr = node.args[1]
-            if owner and isinstance(attr, ast.Constant) and isinstance(attr.value, str):
-                return ".".join([owner, attr.value, *reversed(parts)])
+            base = self._resolve_name(node.id, bare=not parts)
+        elif isinstance(node, ast.Call):
+            base = self._resolve_call(node, depth + 1)
+        elif isinstance(node, ast.Subscript):
+            base = self._resolve_subscript(node, depth + 1)
+        else:
+            base = None
+        return None if base is None else _canonical(".".join([base, *reversed(parts)]))
+
+    def _resolve_name(self, name: str, *, bare: bool) -> str | None:
+        alias = self.aliases.get(name)
+        if alias is not None:
+            return alias
+        if name in self.local_defs and bare:
+            return None
+        if self.star_modules and name not in self.assigned and name not in self.local_defs \
+                and not hasattr(builtins, name):
+            for module in self.star_modules:  # from os import *  ->  system(...)
+                candidate = _canonical(f"{module}.{name}")
+                if _lookup(candidate) is not None or candidate in ENV_NAMES:
+                    return candidate
+        return name
+
+    def _resolve_call(self, node: ast.Call, depth: int) -> str | None:
+        """``getattr(os, "system")``, ``__import__("os")``, ``importlib.import_module("os")``, ``sys.modules.get``."""
+        func = self.resolve(node.func, depth)
+        if func in ("getattr", "builtins.getattr") and len(node.args) >= 2:
+            owner = self.resolve(node.args[0], depth)
+            attr = fold_str(node.args[1], self.strings)
+            return f"{owner}.{attr}" if owner and attr else None
+        if func in _IMPORTERS and node.args:
+            module = fold_str(node.args[0], self.strings)
+            if not module or not _DOTTED.match(module):
+                return None
+            top_only = func in ("__import__", "builtins.__import__") and len(node.args) < 4 and \
+                _kwarg(node, "fromlist") is None
+            return module.split(".")[0] if top_only else module
+        if func == "sys.modules.get" and node.args:
+            return fold_str(node.args[0], self.strings)
         return None
+
+    def _resolve_subscript(self, node: ast.Subscript, depth: int) -> str | None:
+        """``sys.modules["os"]``, ``vars(os)["system"]``, ``os.__dict__["system"]``, ``__builtins__["eval"]``."""
+        key = fold_str(node.slice, self.strings)
+        if key is None or not _DOTTED.match(key):
+            return None
+        value = node.value
+        if isinstance(value, ast.Call) and self.resolve(value.func, depth) in ("vars", "builtins.vars") \
+                and len(value.args) == 1:
+            owner = self.resolve(value.args[0], depth)
+            return f"{owner}.{key}" if owner else None
+        owner = self.resolve(value, depth)
+        if owner == "sys.modules":
+            return key
+        if owner is not None and owner.endswith(".__dict__"):
+            return f"{owner[:-len('.__dict__')]}.{key}"
+        return f"builtins.{key}" if owner == "builtins" else None
 
     def _line(self, node: ast.AST) -> int:
         return getattr(node, "lineno", 0) + self.line_offset
@@ -338,37 +444,59 @@ class _Analyzer(ast.NodeVisitor):
             return  # relative imports are the model's own modules, checked for presence elsewhere
         for alias in node.names:
             if alias.name == "*":
+                self.star_modules.append(_canonical(node.module))
                 self.imports.append((node.module, self._line(node)))
                 continue
-            self.aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+            self.aliases[alias.asname or alias.name] = _canonical(f"{node.module}.{alias.name}")
             self.imports.append((f"{node.module}.{alias.name}", self._line(node)))
 
-    # -- definitions that shadow builtins -------------------------------------------------------------
+    # -- definitions that shadow builtins, and simple aliases ----------------------------------------
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
         self.local_defs.add(node.name)
-        self.generic_visit(node)
 
-    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
+    visit_AsyncFunctionDef = visit_FunctionDef
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
         self.local_defs.add(node.name)
-        self.generic_visit(node)
 
     def visit_Assign(self, node: ast.Assign) -> None:
         if self._contains_decoder(node.value):
             for target in node.targets:
                 if isinstance(target, ast.Name):
                     self.decoded_names.add(target.id)
-        self.generic_visit(node)
+        if len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            text = fold_str(node.value, self.strings)
+            if text is not None:
+                self.strings[name] = text  # name = "sys" + "tem"; getattr(os, name)
+            alias = self._alias_target(node.value)
+            if alias is not None:
+                self.aliases[name] = alias  # s = os.system; s("id")
+
+    def _alias_target(self, value: ast.AST) -> str | None:
+        """What ``name = value`` makes ``name`` stand for: a module, a module attribute or a dangerous builtin."""
+        if not isinstance(value, (ast.Name, ast.Attribute, ast.Subscript, ast.Call)):
+            return None
+        target = self.resolve(value)
+        if target is None or (isinstance(value, ast.Call) and not _is_lookup_call(value)):
+            return None
+        root = target.split(".")[0]
+        known = root in self.aliases.values() or root in _KNOWN_ROOTS or target in _EXEC_SINKS
+        return target if known else None
 
     # -- names that should not appear in model code -----------------------------------------------
     def visit_Name(self, node: ast.Name) -> None:
+        if isinstance(node.ctx, ast.Store):
+            self.assigned.add(node.id)
         if node.id == "__builtins__":
             self._hit(Danger(R_DYNAMIC, Severity.HIGH, "reaches into __builtins__, usually to call exec/eval"),
                       node, "__builtins__")
+        self._environment(node)
 
     def visit_Constant(self, node: ast.Constant) -> None:
         value = node.value
+        if isinstance(value, str) and _ENV_NAME.match(value) and _CREDENTIAL.search(value):
+            self.credential_names.setdefault(value, self._line(node))
         if isinstance(value, (str, bytes)) and len(value) >= 256:
             text = value.decode("latin-1") if isinstance(value, bytes) else value
             if " " in text:
@@ -383,7 +511,27 @@ class _Analyzer(ast.NodeVisitor):
         name = self.resolve(node)
         if name is not None and name in DANGEROUS_CALLS:
             self._hit(DANGEROUS_CALLS[name], node, name)
-        self.generic_visit(node)
+        if node.attr in _ESCAPE_ATTRS or _walks_class_hierarchy(node):  # f.__globals__, ().__class__.__base__
+            self._hit(_ESCAPE, node, _escape_name(node.attr))
+        self._environment(node)
+
+    def visit_Subscript(self, node: ast.Subscript) -> None:
+        """``vars(os)["system"]`` and ``sys.modules["os"]`` are lookups by text; so is ``f.__globals__``'s dict."""
+        name = self.resolve(node)
+        if name is not None and name in DANGEROUS_CALLS:
+            self._hit(DANGEROUS_CALLS[name], node, name)
+        key = fold_str(node.slice, self.strings)
+        if key in _ESCAPE_ATTRS:
+            self._hit(_ESCAPE, node, _escape_name(key))
+        self._environment(node)
+
+    def _environment(self, node: ast.AST) -> None:
+        """Remember reads of the process environment: a whole-environment read, or one by name."""
+        name = self.resolve(node)
+        if name in ENV_READERS:
+            self.env_refs.append((self._line(node), name, False))
+        elif name in ENV_NAMES:
+            self.env_refs.append((self._line(node), name, not _reads_one_variable(node, self.parent)))
 
     # -- calls ----------------------------------------------------------------------------------------
     def visit_Call(self, node: ast.Call) -> None:
@@ -392,15 +540,25 @@ class _Analyzer(ast.NodeVisitor):
             self._classify_call(node, name)
         elif isinstance(node.func, ast.Attribute) and node.func.attr in _PATH_METHODS:
             self._write(node, f"<path>.{node.func.attr}", node.func.value)  # Path("/etc/x").write_text(...)
-        if _is_getattr(node) and node.args:
-            owner = self.resolve(node.args[0])
-            if owner in ("builtins", "__builtins__"):
-                self._hit(Danger(R_DYNAMIC, Severity.HIGH, "fetches a builtin by name, usually exec/eval"),
-                          node, f"getattr({owner}, ...)")
-            target = self.resolve(node)  # getattr(os, "system") used later, not called here
-            if target is not None and target in DANGEROUS_CALLS:
-                self._hit(DANGEROUS_CALLS[target], node, target)
-        self.generic_visit(node)
+        if name in ("getattr", "builtins.getattr") and node.args:
+            self._getattr(node)
+        self._environment(node)
+
+    def _getattr(self, node: ast.Call) -> None:
+        owner = self.resolve(node.args[0])
+        if owner == "builtins":
+            self._hit(Danger(R_DYNAMIC, Severity.HIGH, "fetches a builtin by name, usually exec/eval"),
+                      node, f"getattr({_spelled(node.args[0])}, ...)")
+        attr = fold_str(node.args[1], self.strings) if len(node.args) >= 2 else None
+        if attr in _ESCAPE_ATTRS or attr in _HIERARCHY_ATTRS:
+            self._hit(_ESCAPE, node, _escape_name(attr or ""))
+        target = self.resolve(node)  # getattr(os, "system") used later, not called here
+        if target is not None and target in DANGEROUS_CALLS:
+            self._hit(DANGEROUS_CALLS[target], node, target)
+        elif attr is None and len(node.args) >= 2 and owner in DANGEROUS_MODULES and owner != "builtins":
+            self._hit(Danger(R_DYNAMIC, Severity.HIGH, f"fetches an attribute of {owner} chosen at run time, so any of "
+                             f"its dangerous functions can be reached"),
+                      node, f"getattr({owner}, ...)")
 
     def _classify_call(self, node: ast.Call, name: str) -> None:
         danger = _lookup(name)
@@ -408,8 +566,8 @@ class _Analyzer(ast.NodeVisitor):
             self._exec_sink(node, name)
             return
         if danger is not None:
-            if danger is _IMPORT and node.args and isinstance(node.args[0], ast.Constant):
-                target = str(node.args[0].value)
+            if danger is _IMPORT and node.args and fold_str(node.args[0], self.strings) is not None:
+                target = _canonical(fold_str(node.args[0], self.strings) or "")
                 inner = DANGEROUS_IMPORTS.get(target) or _lookup(f"{target}.x")
                 if inner is None:
                     self._hit(danger, node, name, Severity.MEDIUM, module=target)
@@ -456,7 +614,7 @@ class _Analyzer(ast.NodeVisitor):
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             return
         nested = _Analyzer(depth=self.depth + 1, line_offset=self._line(node) - 1)
-        nested.visit(tree)
+        nested.run(tree)
         for hit in nested.all_hits():
             hit.extra.setdefault("inside", "exec payload")
             self.hits.append(hit)
@@ -477,7 +635,7 @@ class _Analyzer(ast.NodeVisitor):
                   path=where)
 
     def _contains_decoder(self, node: ast.AST) -> bool:
-        for sub in ast.walk(node):
+        for sub in walk_bounded(node):
             if isinstance(sub, ast.Call):
                 name = self.resolve(sub.func)
                 if name in DECODERS or (name or "").split(".")[-1] in {"b64decode", "unhexlify", "decompress"}:
@@ -485,22 +643,100 @@ class _Analyzer(ast.NodeVisitor):
         return False
 
     def _uses_decoded_name(self, node: ast.AST) -> bool:
-        return any(isinstance(sub, ast.Name) and sub.id in self.decoded_names for sub in ast.walk(node))
+        return any(isinstance(sub, ast.Name) and sub.id in self.decoded_names for sub in walk_bounded(node))
 
     # -- results -----------------------------------------------------------------------------------
     def all_hits(self) -> list[Hit]:
-        """Call-level hits, plus import-level ones for dangerous modules that no call was seen for."""
-        hits = list(self.hits)
-        called = {h.name for h in hits}
-        for module, line in self.imports:
-            danger = _import_danger(module)
-            if danger is None:
-                continue
-            root = next(m for m in _prefixes(module) if m in DANGEROUS_IMPORTS)
-            if any(c == root or c.startswith(root + ".") for c in called):
-                continue
-            hits.append(Hit(danger.rule, danger.severity, line, module, danger.why, {"import": True}))
-        return hits
+        """Call-level hits, import-level ones for modules no call was seen for, and credential exfiltration."""
+        hits = _with_import_hits(self.hits, self.imports)
+        exfil = _exfiltration(hits, self.env_refs, self.credential_names)
+        return hits + ([exfil] if exfil is not None else [])
+
+
+def _with_import_hits(hits: list[Hit], imports: list[tuple[str, int]], **extra: Any) -> list[Hit]:
+    """Add a hit for each dangerous import unless a call into that module was already reported."""
+    out = list(hits)
+    called = {h.name for h in hits}
+    for module, line in imports:
+        danger = _import_danger(_canonical(module))
+        if danger is None:
+            continue
+        root = next(m for m in _prefixes(_canonical(module)) if m in DANGEROUS_IMPORTS)
+        if any(c == root or c.startswith(root + ".") for c in called):
+            continue
+        out.append(Hit(danger.rule, danger.severity, line, module, danger.why, {"import": True, **extra}))
+    return out
+
+
+def _exfiltration(hits: list[Hit], env_refs: list[tuple[int, str, bool]],
+                  credential_names: dict[str, int]) -> Hit | None:
+    """Credential-looking environment reads (or the whole environment) in a file that also uses the network."""
+    network = sorted({h.name for h in hits if h.rule == R_NETWORK})
+    whole = [ref for ref in env_refs if ref[2]]
+    if not network or not env_refs or not (whole or credential_names):
+        return None
+    line, name, _ = (whole or env_refs)[0]
+    names = ", ".join(sorted(credential_names)[:5])
+    what = "the whole environment" if whole else f"credential-like variables ({names})"
+    return Hit(R_EXFIL, Severity.HIGH, line, name,
+               f"reads {what} and the same file uses the network ({', '.join(network[:3])}), so they can be sent away",
+               {"variables": sorted(credential_names)[:20], "whole_environment": bool(whole),
+                "network": network[:10]})
+
+
+def _reads_one_variable(node: ast.AST, parent: ast.AST | None) -> bool:
+    """``os.environ["X"]``, ``os.environ.get("X")``, ``"X" in os.environ``, ``env = os.environ``: not a bulk read."""
+    if isinstance(parent, ast.Subscript) and parent.value is node:
+        return True
+    if isinstance(parent, ast.Attribute):
+        return parent.attr in _ENV_ONE_VARIABLE
+    return isinstance(parent, (ast.Compare, ast.Assign))
+
+
+def _walks_class_hierarchy(node: ast.Attribute) -> bool:
+    """``().__class__.__base__`` or ``x.__class__.__mro__[1].__subclasses__``: climbing to ``object``.
+
+    ``cls.__subclasses__()`` alone is a normal registry idiom and is not matched; reaching it through
+    ``__class__``/``__base__``/``__mro__`` or starting from a literal or ``object`` is the sandbox escape.
+    """
+    if node.attr not in _HIERARCHY_ATTRS:
+        return False
+    chain: list[str] = []
+    value: ast.AST = node.value
+    for _ in range(MAX_RESOLVE_DEPTH):
+        if isinstance(value, ast.Attribute):
+            chain.append(value.attr)
+            value = value.value
+        elif isinstance(value, (ast.Subscript, ast.Call)):
+            value = value.value if isinstance(value, ast.Subscript) else value.func
+        else:
+            break
+    literal = isinstance(value, (ast.Constant, ast.Tuple, ast.List, ast.Dict, ast.Set, ast.JoinedStr))
+    if node.attr == "__subclasses__":
+        return bool(set(chain) & (_HIERARCHY_ATTRS | {"__class__"})) or literal or \
+            (isinstance(value, ast.Name) and value.id in ("object", "type"))
+    return chain[:1] == ["__class__"] and literal
+
+
+def _escape_name(attr: str) -> str:
+    return attr if attr in _ESCAPE_ATTRS else "class-hierarchy traversal"
+
+
+def _spelled(node: ast.AST) -> str:
+    return node.id if isinstance(node, ast.Name) else type(node).__name__
+
+
+def _is_lookup_call(node: ast.Call) -> bool:
+    """Calls ``resolve`` can see through: getattr, __import__/import_module, sys.modules.get."""
+    func = node.func
+    name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+    return name in ("getattr", "__import__", "import_module", "get")
+
+
+def _canonical(dotted: str) -> str:
+    """``posix.system`` and ``nt.system`` are ``os.system``; ``__builtins__.eval`` is ``builtins.eval``."""
+    root, dot, rest = dotted.partition(".")
+    return MODULE_ALIASES[root] + dot + rest if root in MODULE_ALIASES else dotted
 
 
 def _prefixes(dotted: str) -> list[str]:
@@ -524,10 +760,6 @@ def _import_danger(module: str) -> Danger | None:
     return next((DANGEROUS_IMPORTS[m] for m in _prefixes(module) if m in DANGEROUS_IMPORTS), None)
 
 
-def _is_getattr(node: ast.Call) -> bool:
-    return isinstance(node.func, ast.Name) and node.func.id == "getattr"
-
-
 def _kwarg(node: ast.Call, name: str) -> ast.AST | None:
     return next((k.value for k in node.keywords if k.arg == name), None)
 
@@ -544,7 +776,7 @@ def _const_arg(node: ast.Call, index: int, name: str) -> Any:
 
 def _outside_path(node: ast.AST, resolve: Any) -> str | None:
     """Literal text of a path that is absolute or under the home folder; None for relative or computed paths."""
-    for sub in ast.walk(node):
+    for sub in walk_bounded(node):
         if isinstance(sub, ast.Constant) and isinstance(sub.value, str):
             text = sub.value
             if text.startswith(("/", "~", "\\\\")) or re.match(r"^[A-Za-z]:[\\/]", text):
@@ -557,13 +789,13 @@ def _outside_path(node: ast.AST, resolve: Any) -> str | None:
     return None
 
 
-def _literal_payload(arg: ast.AST, resolve: Any) -> str | None:
+def _literal_payload(arg: ast.AST, resolve: Any, depth: int = 0) -> str | None:
     """Source text of ``"..."`` or ``base64.b64decode("...")`` (decoded here: decoding a string runs nothing)."""
     if isinstance(arg, ast.Constant) and isinstance(arg.value, (str, bytes)):
         value = arg.value
         return value if isinstance(value, str) else value.decode("utf-8", "replace")
     if isinstance(arg, ast.Call) and isinstance(arg.func, ast.Attribute) and arg.func.attr == "decode":
-        return _literal_payload(arg.func.value, resolve)
+        return _literal_payload(arg.func.value, resolve, depth + 1) if depth < MAX_RESOLVE_DEPTH else None
     if isinstance(arg, ast.Call) and arg.args and isinstance(arg.args[0], ast.Constant):
         name = resolve(arg.func) or ""
         data = arg.args[0].value
@@ -591,24 +823,81 @@ class FileAnalysis:
     error: str | None = None
     line: int | None = None
     relative_imports: list[str] = field(default_factory=list)
+    error_rule: str = R_SYNTAX
+    """Rule the error is reported under: a syntax error, or a parse limit (fails closed at high)."""
+    error_severity: Severity = Severity.MEDIUM
 
 
 def analyse_source(source: str, path: str) -> FileAnalysis:
-    """Parse ``source`` with ``ast`` (never executing it) and collect dangerous constructs."""
+    """Parse ``source`` with ``ast`` (never executing it) and collect dangerous constructs.
+
+    When no syntax tree can be built, what the tokens show is still reported (``_token_analysis``); a
+    file nested past the parser's limits is itself a high finding, since Python versions differ in
+    those limits and the scan must not pass what it could not read.
+    """
     try:
         tree = ast.parse(source, filename=path)
     except SyntaxError as exc:
-        return FileAnalysis(path, [], error=f"syntax error: {exc.msg}", line=exc.lineno)
-    except (ValueError, RecursionError, MemoryError) as exc:
-        return FileAnalysis(path, [], error=f"cannot be parsed: {type(exc).__name__}: {exc}")
+        if _PARSE_LIMIT.search(str(exc.msg)):
+            return _token_analysis(source, path, f"is nested too deeply to parse ({exc.msg})", exc.lineno)
+        return _token_analysis(source, path, f"syntax error: {exc.msg}", exc.lineno, limit=False)
+    except (RecursionError, MemoryError) as exc:
+        return _token_analysis(source, path, f"is nested too deeply to parse ({type(exc).__name__})", None)
+    except ValueError as exc:
+        return _token_analysis(source, path, f"cannot be parsed: {exc}", None, limit=False)
     analyzer = _Analyzer()
     try:
-        analyzer.visit(tree)
-    except RecursionError:
-        return FileAnalysis(path, [], error="too deeply nested to analyse")
+        analyzer.run(tree)
+    except RecursionError:  # every helper is bounded; kept so a missed one still fails closed
+        return _token_analysis(source, path, "is nested too deeply to analyse", None)
     rel = sorted({(node.module or "").split(".")[0] for node in ast.walk(tree)
                   if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module})
     return FileAnalysis(path, analyzer.all_hits(), relative_imports=rel)
+
+
+def _token_analysis(source: str, path: str, error: str, line: int | None, *, limit: bool = True) -> FileAnalysis:
+    """Dangerous names that the token stream shows, for a file whose syntax tree could not be built."""
+    scan = scan_tokens(source)
+    aliases: dict[str, str] = {}
+    stars: list[str] = []
+    imports: list[tuple[str, int]] = []
+    relative: set[str] = set()
+    for module, name, alias, at in scan.imports:
+        if module.startswith("."):
+            relative.update([module.lstrip(".").split(".")[0]] if module.strip(".") else [])
+            continue
+        if name is None:
+            aliases[alias or module.split(".")[0]] = module if alias else module.split(".")[0]
+        elif name == "*":
+            stars.append(_canonical(module))
+        else:
+            aliases[alias or name] = _canonical(f"{module}.{name}")
+        imports.append((module if name in (None, "*") else f"{module}.{name}", at))
+    hits = []
+    for dotted, at, called in scan.names:
+        danger, name = _token_danger(dotted, called, aliases, stars)
+        if danger is not None:
+            hits.append(Hit(danger.rule, danger.severity, at, name, danger.why, {"via": "tokens"}))
+    if scan.problems:
+        error = f"{error}; tokens unreadable at {', '.join(scan.problems[:3])}"
+    return FileAnalysis(path, _with_import_hits(hits, imports, via="tokens"), error=error, line=line,
+                        relative_imports=sorted(relative), error_rule=R_PARSE_LIMIT if limit else R_SYNTAX,
+                        error_severity=Severity.HIGH if limit else Severity.MEDIUM)
+
+
+def _token_danger(dotted: str, called: bool, aliases: dict[str, str], stars: list[str]) -> tuple[Danger | None, str]:
+    """Classify one dotted name from the token stream; bare builtins count only when called."""
+    parts = dotted.split(".")
+    if set(parts) & _TOKEN_ESCAPE_ATTRS:
+        return _ESCAPE, next(p for p in parts if p in _TOKEN_ESCAPE_ATTRS)
+    first = aliases.get(parts[0])
+    if first is None and stars and not hasattr(builtins, parts[0]):
+        first = next((f"{m}.{parts[0]}" for m in stars if _lookup(_canonical(f"{m}.{parts[0]}"))), None)
+    name = _canonical(".".join([first or parts[0], *parts[1:]]))
+    danger = _lookup(name)
+    if danger is None or not (called or name in DANGEROUS_CALLS) or (len(parts) == 1 and first is None and not called):
+        return None, name
+    return danger, name
 
 
 def _python_files(ctx: StaticContext) -> list[FileEntry]:
@@ -662,12 +951,20 @@ def check_custom_code(ctx: StaticContext) -> Iterator[Finding]:
     runs_on_load = _closure(referenced, analyses)
     for path, analysis in analyses.items():
         if analysis.error is not None:
-            yield Finding(R_SYNTAX, Severity.MEDIUM, f"{path}: {analysis.error}; it could not be analysed",
-                          location=Location(path=path, line=analysis.line),
-                          evidence={"problem": analysis.error, "runs_on_load": path in runs_on_load})
-        else:
-            yield from _hit_findings(analysis, runs_on_load)
+            yield _error_finding(analysis, path in runs_on_load)
+        yield from _hit_findings(analysis, runs_on_load)
     yield from _missing_relative_imports(ctx, runs_on_load, analyses)
+
+
+def _error_finding(analysis: FileAnalysis, runs_on_load: bool) -> Finding:
+    if analysis.error_rule == R_PARSE_LIMIT:
+        consequence = ("its syntax tree could not be built, so only the names in its tokens were checked and "
+                       "whatever it hides in that structure is unseen")
+    else:
+        consequence = "it could not be analysed (names in its tokens were still checked)"
+    return Finding(analysis.error_rule, analysis.error_severity, f"{analysis.path}: {analysis.error}; {consequence}",
+                   location=Location(path=analysis.path, line=analysis.line),
+                   evidence={"problem": analysis.error, "runs_on_load": runs_on_load})
 
 
 def _closure(referenced: set[str], analyses: dict[str, FileAnalysis]) -> set[str]:
