@@ -455,3 +455,185 @@ def test_mutated_shard_index_never_crashes(index: bytes, drop: str | None) -> No
             and drop in weight_map.values():
         event("index names the dropped shard")
         assert any(f.rule_id == "static.safetensors.index-missing-shard" for f in result.findings)
+
+
+# --- GGUF headers ---------------------------------------------------------------------------------------------
+
+def _gguf_bytes() -> tuple[bytes, int]:
+    """A real GGUF (llama.cpp's writer, with a chat template) and where its tensor data starts."""
+    import gguf
+    import numpy as np
+
+    from modelaudit.static.gguf import read_gguf_header
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.gguf"
+        writer = gguf.GGUFWriter(str(path), "llama")
+        writer.add_chat_template("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+                                 "<|im_end|>\n{% endfor %}")
+        writer.add_token_list(["<s>", "</s>", "a"])
+        writer.add_tensor("token_embd.weight", np.zeros((3, 32), dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return path.read_bytes(), read_gguf_header(path).data_start
+
+
+GGUF_BLOB, GGUF_DATA_START = _gguf_bytes()
+_GGUF_COUNTS = [0, 1, 2, 255, 2**31, 2**32 - 1, 2**62, 2**64 - 1]
+
+
+@st.composite
+def mutated_gguf(draw: st.DrawFn) -> tuple[bytes, bool]:
+    """Edits of the header (counts, lengths, type tags, random bytes) and cuts; True when cut inside the header."""
+    blob = bytearray(GGUF_BLOB)
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["count", "u64", "bytes"]))
+        if kind == "count":  # tensor count at 8, key count at 16
+            blob[draw(st.sampled_from([8, 16])):][:8] = struct.pack("<Q", draw(st.sampled_from(_GGUF_COUNTS)))
+        else:
+            at = draw(st.integers(0, GGUF_DATA_START - 1))
+            value = (struct.pack("<Q", draw(st.sampled_from(_GGUF_COUNTS))) if kind == "u64"
+                     else draw(st.binary(min_size=1, max_size=4)))
+            blob[at:at + len(value)] = value
+    cut = draw(st.sampled_from([len(blob)]) | st.integers(0, len(blob)))
+    return bytes(blob[:cut]), cut < GGUF_DATA_START
+
+
+@FUZZ
+@given(case=mutated_gguf(), name=st.sampled_from(["model.gguf", "model.bin", "weights"]))
+def test_mutated_gguf_headers_never_crash_and_cut_headers_are_named(case: tuple[bytes, bool], name: str) -> None:
+    blob, cut_in_header = case
+    result, _loads = _scan({name: blob})
+    event("cut inside the header" if cut_in_header else "whole header")
+    if cut_in_header and blob[:4] == b"GGUF":  # a GGUF that ends inside its own header cannot be loaded
+        _assert_named(result, name, "GGUF header cut short")
+
+
+# --- .npy headers ---------------------------------------------------------------------------------------------
+
+_NPY_DESCRS = ["<f4", "|u1", "O", "|O", "object", "=O8", ("|O", (1,)), [("a", "<f4"), ("b", "|O")],
+               [("a", "<f4"), ("b", "<i8")], "V8", "<U3", "", 7, None]
+
+
+class _CanaryCall:
+    """Pickled as ``os.system(...)``: serialising records the reference and runs nothing."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return os.system, ("touch /tmp/modelaudit-fuzz-npy-canary",)
+
+
+_NPY_BODY = pickle.dumps([_CanaryCall()], protocol=2)
+
+
+@st.composite
+def npy_files(draw: st.DrawFn) -> tuple[bytes, bool]:
+    """An .npy header (version, descr spelling, padding up to past 64 KiB) over a pickle that runs a command;
+    True when numpy itself would read the dtype as holding objects (and so unpickle the body)."""
+    from numpy.lib.format import descr_to_dtype
+
+    descr = draw(st.sampled_from(_NPY_DESCRS))
+    header = repr({"descr": descr, "fortran_order": draw(st.booleans()), "shape": draw(st.sampled_from([(1,), (), (2, 1)]))})
+    pad = draw(st.sampled_from([0, 10, 70_000]) | st.integers(0, 200))
+    text = (header + " " * pad + "\n").encode("latin1")
+    version = draw(st.sampled_from([1, 2, 3]))
+    if version == 1 and len(text) > 0xFFFF:
+        version = 2
+    size = struct.pack("<H", len(text)) if version == 1 else struct.pack("<I", len(text))
+    blob = b"\x93NUMPY" + bytes([version, 0]) + size + text + _NPY_BODY
+    try:
+        holds_objects = bool(descr_to_dtype(descr).hasobject)
+    except (TypeError, ValueError):
+        holds_objects = False
+    return blob, holds_objects
+
+
+@FUZZ
+@given(case=npy_files(), name=st.sampled_from(["weights.npy", "embeddings.bin", "data"]))
+def test_npy_headers_never_crash_and_object_arrays_are_high(case: tuple[bytes, bool], name: str) -> None:
+    from modelaudit.findings import Severity
+
+    blob, holds_objects = case
+    result, _loads = _scan({name: blob})
+    event("object dtype" if holds_objects else "plain dtype")
+    if holds_objects:
+        high = [f.rule_id for f in result.findings if f.location.path == name and f.severity >= Severity.HIGH]
+        assert high, f"{name}: an object .npy whose pickle runs os.system got no high finding"
+    assert not Path("/tmp/modelaudit-fuzz-npy-canary").exists()
+
+
+# --- zip containers -------------------------------------------------------------------------------------------
+
+def _torch_zip() -> bytes:
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(3), "b": torch.ones(2)}, buf)
+    return buf.getvalue()
+
+
+ZIP_BLOB = _torch_zip()
+
+
+@st.composite
+def mutated_zip(draw: st.DrawFn) -> bytes:
+    """Byte edits anywhere in a real torch zip (local headers, data, central directory, end record), and cuts."""
+    blob = bytearray(ZIP_BLOB)
+    tail = len(blob) - 400  # the central directory and end record live in the last few hundred bytes
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(blob) - 1) | st.integers(max(0, tail), len(blob) - 1))
+        value = draw(st.binary(min_size=1, max_size=4) | st.sampled_from([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00"]))
+        blob[at:at + len(value)] = value
+    cut = draw(st.sampled_from([len(blob)]) | st.integers(0, len(blob)))
+    return bytes(blob[:cut])
+
+
+def _zip_problem(blob: bytes) -> str | None:
+    """Why the standard library refuses the archive (its central directory or a member's CRC), or None."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+            bad = zf.testzip()
+    except Exception as exc:  # BadZipFile, OSError, ValueError, EOFError, NotImplementedError, zlib.error
+        return f"zipfile: {type(exc).__name__}"
+    return None if bad is None else f"bad member {bad}"
+
+
+@FUZZ
+@given(blob=mutated_zip(), name=st.sampled_from(["pytorch_model.bin", "model.pt", "archive.zip"]))
+def test_mutated_zip_containers_never_crash(blob: bytes, name: str) -> None:
+    result, _loads = _scan({name: blob})
+    problem = _zip_problem(blob) if blob[:2] == b"PK" else None
+    event("zip refused by zipfile" if problem else "zip accepted")
+    if problem is not None and name != "archive.zip":
+        _assert_named(result, name, problem)
+
+
+# --- file names -----------------------------------------------------------------------------------------------
+
+# Bytes that are not valid UTF-8, control characters, markup, bidi overrides, very long names.
+name_bytes = st.binary(min_size=1, max_size=120).filter(lambda b: b"/" not in b and b"\x00" not in b
+                                                        and b not in (b".", b".."))
+name_text = st.text(st.characters(exclude_characters="/\x00", codec="utf-8"), min_size=1, max_size=60).filter(
+    lambda t: t not in (".", ".."))
+
+
+@settings(max_examples=max(30, EXAMPLES // 10), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(names=st.lists(name_bytes | name_text.map(os.fsencode), min_size=1, max_size=3, unique=True))
+def test_any_file_names_scan_and_render_in_every_format(names: list[bytes]) -> None:
+    """A clean model plus files with arbitrary names: no check raises and every writer renders the report."""
+    from modelaudit.api import ScanConfig, scan
+    from reports.output import render
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "model.safetensors").write_bytes(save({"w": torch.zeros(2)}))
+        (root / "config.json").write_text(json.dumps(REAL_CONFIG))
+        for i, raw in enumerate(names):
+            with open(os.path.join(os.fsencode(tmp), raw), "wb") as fh:
+                fh.write(SEED_PICKLES[0] if i % 2 else b"#!/bin/sh\necho hi\n")
+        with _time_limit(SCAN_SECONDS * 3):
+            report = scan(str(root), config=ScanConfig(stages=("static",)))
+    assert report.errors == [], [f"{e.check}: {e.message}" for e in report.errors]
+    assert len(report.target.files) == 2 + len(names)
+    for fmt in ("json", "sarif", "junit", "markdown", "html", "console"):
+        assert render(report, fmt)
