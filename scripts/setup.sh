@@ -17,9 +17,12 @@ fi
 
 if [ "${1:-}" = "--latest" ]; then
   # One resolution over PyPI and, on CPU, the PyTorch CPU index: of the same torch release the CPU build
-  # ("X+cpu") ranks above PyPI's, so it wins wherever that index can be reached.
+  # ("X+cpu") ranks above PyPI's, so it wins. An index that cannot be reached is left out (pip would retry
+  # it for every package).
   cpu_index=()
-  [ "$GPU" = 1 ] || cpu_index=(--extra-index-url "$CPU_INDEX")
+  if [ "$GPU" = 0 ] && curl -fsS --max-time 10 -o /dev/null "$CPU_INDEX/torch/" 2>/dev/null; then
+    cpu_index=(--extra-index-url "$CPU_INDEX")
+  fi
   "$PY" -m venv --clear .venv-latest
   .venv-latest/bin/pip install -q --upgrade --upgrade-strategy eager "${cpu_index[@]}" torch -e ".[test]"
   exit 0
