@@ -14,6 +14,12 @@ from typing import Any
 from modelaudit.loading import neutral_generation_config, pick_dtype
 
 
+
+def tqdm_disable(progress: bool) -> bool | None:
+    """tqdm's ``disable`` for a bar that was asked for: ``None`` lets tqdm hide it when stderr is not a
+    terminal, so CI logs and piped output get no carriage-return frames."""
+    return None if progress else True
+
 def autocast(device: Any) -> Any:
     """bf16 autocast on GPUs (fp32 master weights); nothing on CPU."""
     import torch
@@ -47,7 +53,7 @@ def generate_ids(model: Any, tokenizer: Any, texts: Sequence[str], *, max_new_to
     settings = neutral_generation_config(  # never the model's own generation settings
         tokenizer, max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature if sample else None,
         top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
-    for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
+    for idx in tqdm(batches, desc=desc, disable=tqdm_disable(progress), leave=False):
         enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(device) for k, v in enc.items()}
         with torch.inference_mode(), autocast(device):

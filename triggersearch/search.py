@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from modelaudit.chat import PLACEMENTS
 from modelaudit.errors import UsageError
+from modelaudit.generation import tqdm_disable
 from modelaudit.prompts import benign_prompts
 from modelaudit.registry import trigger_generators
 from triggersearch.budgets import Budget, get_budget
@@ -171,7 +172,7 @@ class _Scorer:
     def scores(self, tests: Sequence[Test], idx: Sequence[int], desc: str) -> Scores:
         out: Scores = {}
         chunk = max(1, 256 // max(1, len(idx)))
-        for i in tqdm(range(0, len(tests), chunk), desc=desc, disable=not self.progress, leave=False):
+        for i in tqdm(range(0, len(tests), chunk), desc=desc, disable=tqdm_disable(self.progress), leave=False):
             part = tests[i:i + chunk]
             for t, (kl, first) in zip(part, self.engine.score_many(part, idx)):
                 out[t] = kl

