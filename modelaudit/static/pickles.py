@@ -10,6 +10,12 @@ Two detectors run on each pickle stream, and neither ever unpickles it:
   ``inspect.getattr_static(os.path, 'os')``, ``operator.attrgetter('os.system')``, STACK_GLOBAL operands
   fetched from the memo.
 
+Policy: an allow-listed global passes; a denied one is critical; any other global is medium when only
+referenced, but high (``unknown-call``) when loading *calls* it (REDUCE, NEWOBJ, INST/OBJ, handed to an
+allow-listed callable that calls it, or BUILD on the global itself), unless ``CALL_RULES`` admits that exact call
+shape (what ``training_args.bin`` needs). joblib files write raw array bytes into the middle of the pickle after
+each ``NumpyArrayWrapper``; the simulation sizes and skips them from the wrapper's state, as ``joblib.load`` does.
+
 Containers are walked by us (raw pickle, PyTorch zip, plain zip, tar, gzip/bz2/xz, object-dtype ``.npy``,
 legacy ``torch.save`` streams) with bounded nesting depth, member count and decompressed bytes, so an
 archive bomb becomes a finding instead of an out-of-memory crash. When a stream cannot be analysed to the
@@ -476,7 +482,8 @@ class _Simulator:
         """BUILD: ``obj.__setstate__(state)``, or a ``__dict__`` update plus ``setattr`` for slot state.
 
         On an instance this runs code of the class that made it, and that construction was already judged as a
-        call. On a global itself (a class, function or module object, never what a pickler writes) it runs that
+        call (``CALL_NEW`` classes have no ``__setstate__``; state other than a dict goes through ``setattr`` and
+        so spoils that shape). On a global itself (a class, function or module object, never what a pickler writes) it runs that
         global's ``__setstate__`` or overwrites its attributes: recorded as invoking it.
         """
         state = self.pop()
@@ -487,6 +494,8 @@ class _Simulator:
             self.use(target, pos, built=True)
         elif isinstance(target, _Call):
             target.state = state
+            if not isinstance(state, _Dict):  # slot state: setattr, which reaches property setters
+                self.use(target.func, pos, called=True, shape="other")
             if self.joblib and target.shape == CALL_NEW and \
                     ".".join(normalise_global(target.func.module, target.func.name)) == JOBLIB_WRAPPER:
                 self.pending = _joblib_layout(target)

@@ -343,6 +343,8 @@ def test_callables_that_run_code_fail_the_gate(tmp_path: Path, payload: Callable
     ("joblib wrapper called, not new", ps.call(ps.glob("joblib.numpy_pickle", "NumpyArrayWrapper"),
                                                ps.ustr("x"))),
     ("BUILD on an allowed class itself", ps.glob("collections", "OrderedDict") + ps.EMPTY_DICT + ps.BUILD),
+    ("dataclass given slot state (setattr)", ps.glob("transformers.training_args", "TrainingArguments")
+     + ps.EMPTY_TUPLE + ps.NEWOBJ + ps.MARK + b"N" + ps.EMPTY_DICT + ps.TUPLE + ps.BUILD),
 ])
 def test_allowed_callables_only_in_their_exact_shape(tmp_path: Path, label: str, body: bytes) -> None:
     findings = scan_bytes_as(tmp_path, "model.pkl", ps.program(body))
