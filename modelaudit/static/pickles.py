@@ -200,7 +200,8 @@ def classify_global(module: str, name: str) -> str:
         return "unknown"  # no import can succeed: the unpickler raises before anything runs
     if ref in ALLOWED_GLOBALS or any(p.fullmatch(ref) for p in _ALLOWED_PATTERNS):
         return "allow"
-    if ref in _DENIED_EXACT or any(module == m or module.startswith(m + ".") for m in DENIED_MODULES):
+    # on the whole dotted path: ``torch`` + ``fx.graph_module._forward_from_src`` reaches torch.fx all the same
+    if ref in _DENIED_EXACT or any(ref == m or ref.startswith(m + ".") for m in DENIED_MODULES):
         return "deny"
     if module == "builtins" and parts and parts[0] in _DENIED_BUILTINS:
         return "deny"
@@ -1046,6 +1047,32 @@ _RULE_SEVERITY = {
 }
 
 
+_NESTED_SUMMARIES = frozenset({"S213", "S601", "S602"})
+
+
+def _nested_severity(code: str, details: dict[str, Any], location: str) -> Severity | None:
+    """Severity of an engine finding about a string or bytes literal that looks like a pickle; None if it is not.
+
+    Loading never unpickles a literal: only what would run if an application did matters. Globals inside keep
+    their own rules (the caller grades them); a literal holding a whole pickle with calls needs review (medium);
+    bytes that only partly parse as one (random data: RNG states, hashes, weights) and the engine's remarks on
+    such fragments are INFO.
+    """
+    if code in _NESTED_SUMMARIES:
+        return Severity.INFO if details.get("analysis_incomplete") else Severity.MEDIUM
+    if "nested_encoding" in details or "(nested " in location:
+        return Severity.INFO
+    return None
+
+
+def _only_literals_unfinished(report: PickleReport, a: StreamAnalysis) -> bool:
+    """The engine stopped short only inside pickle-looking literals, while the stream itself parsed to its end
+    in our simulation: the stream is analysed, so its status is not a reason to call the file unchecked."""
+    codes = [str(n.to_dict().get("code", "")) for n in report.notices]
+    return (not report.errors and a.error is None and not a.truncated and "nested_pickle_incomplete" in codes
+            and all(c.startswith("nested_") for c in codes))
+
+
 def _report_engine(report: PickleReport, p: Payload, a: StreamAnalysis, out: _Findings, *,
                    judge_status: bool = True, pos_map: Callable[[int], int] = lambda pos: pos) -> None:
     """Re-judge the engine's findings with our policy; an unfinished engine scan is itself a finding.
@@ -1077,15 +1104,18 @@ def _report_engine(report: PickleReport, p: Payload, a: StreamAnalysis, out: _Fi
                 rule = "static.pickle.dangerous-call"
         else:
             subject = _SINGLE_SUBJECT.get(code, f"{code}:{f.message}")
+        nested = _nested_severity(code, details, f.location or "") if global_ref is None else None
+        if nested is not None:
+            rule = "static.pickle.nested-pickle"
         if rule == "static.pickle.persistent-id" and (p.torch_context or a.legacy_torch):
             continue
-        severity = _RULE_SEVERITY.get(rule)
+        severity = nested or _RULE_SEVERITY.get(rule)
         if severity is None:  # nested pickles and codes we do not know: follow the engine's own severity
             severity = Severity.CRITICAL if f.severity.value == "critical" else Severity.MEDIUM
         out.add(rule, severity, f"{f.message} [engine {code}]", member=p.member, subject=subject, position=pos,
                 source="picklescan-engine", engine_rule=code, engine_location=f.location,
                 **_global_ref_evidence(global_ref))
-    if judge_status and report.status != ScanStatus.COMPLETE:
+    if judge_status and report.status != ScanStatus.COMPLETE and not _only_literals_unfinished(report, a):
         reasons = [e.message for e in report.errors][:3] or [n.message for n in report.notices][:3]
         out.add("static.pickle.scan-incomplete", Severity.HIGH,
                 f"the pickle engine could not finish ({report.status.value}): "
