@@ -425,3 +425,101 @@ def write_zip_bomb(path: Path, *, member_bytes: int, members: int = 1) -> Path:
                     fh.write(chunk[:left])
                     left -= len(chunk)
     return path
+
+
+# --- callables that run code but are not on the usual deny lists (issue 17 item 4) ---------------------
+# Each payload names CANARY: loading it would create that file; tests assert it never appears.
+
+CANARY = "/tmp/modelaudit-canary-never-created"
+EMPTY_TUPLE = b")"
+NEWOBJ = b"\x81"
+BUILD = b"b"
+
+
+def fx_forward_from_src_payload(canary: str = CANARY) -> bytes:
+    """``torch.fx.graph_module._forward_from_src(source, {})``: exec of the source text."""
+    source = f"import os\nos.system('touch {canary}')\ndef forward(self):\n    return None\n"
+    return program(call(glob("torch.fx.graph_module", "_forward_from_src"), ustr(source), EMPTY_DICT))
+
+
+def jinja2_render_payload(canary: str = CANARY) -> bytes:
+    """``Template.render(Template(ssti))``: server-side template injection reaching ``os.system``."""
+    ssti = "{{ cycler.__init__.__globals__.os.system('touch " + canary + "') }}"
+    template = call(stack_glob("jinja2.environment", "Template"), ustr(ssti))
+    return program(call(stack_glob("jinja2.environment", "Template.render"), template), proto=PROTO4)
+
+
+def unknown_callable_payload(canary: str = CANARY) -> bytes:
+    """An importable-looking helper off every list, called with a shell command: only the call is known."""
+    return program(call(glob("mylib.tools", "run_script"), ustr(f"touch {canary}")))
+
+
+def in_torch_zip(payload: bytes) -> bytes:
+    """A ``torch.save`` zip whose ``data.pkl`` is ``payload`` (what ``torch.load`` unpickles)."""
+    return _replace_zip_member(torch_zip_bytes(), "data.pkl", payload)
+
+
+# --- joblib: array bytes written into the middle of the pickle (issue 17 item 18) ---------------------
+
+def joblib_bytes(value: object) -> bytes:
+    """``joblib.dump(value)`` (uncompressed) as bytes: pickling only, nothing is loaded."""
+    import tempfile
+
+    import joblib
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "value.joblib"
+        joblib.dump(value, path)
+        return path.read_bytes()
+
+
+class _NoTell(io.BytesIO):
+    """A write target without ``tell``, like a pipe: joblib then writes arrays without alignment padding."""
+
+    def tell(self) -> int:
+        raise io.UnsupportedOperation("not seekable")
+
+
+def joblib_unaligned_bytes(value: object) -> bytes:
+    """What ``joblib.dump`` writes to a non-seekable handle: array bytes straight after the wrapper's BUILD."""
+    from joblib.numpy_pickle import NumpyPickler
+
+    out = _NoTell()
+    NumpyPickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    return out.getvalue()
+
+
+def _joblib_arrays_bytes() -> bytes:
+    import numpy as np
+
+    return joblib_bytes({"ids": np.arange(10), "w": np.arange(12.0).reshape(3, 4),
+                         "rec": np.zeros(3, dtype=[("a", "<i4"), ("b", "<f8")]), "f": 0.5})
+
+
+def _joblib_code_after_array_bytes() -> bytes:
+    import numpy as np
+
+    return joblib_bytes([np.arange(10), _Reduce(os.system, (f"touch {CANARY}",))])
+
+
+def _joblib_object_array_bytes() -> bytes:
+    import numpy as np
+
+    return joblib_bytes(np.array([_Reduce(os.system, (f"touch {CANARY}",)), 1], dtype=object))
+
+
+SAMPLES = SAMPLES + (
+    Sample("torch_fx_forward_from_src", "model.pkl", True, "torch.fx.graph_module._forward_from_src(source)",
+           fx_forward_from_src_payload),
+    Sample("jinja2_template_render", "model.pkl", True, "jinja2 Template(ssti).render() (template injection)",
+           jinja2_render_payload),
+    Sample("torch_zip_fx_forward_from_src", "pytorch_model.bin", True,
+           "PyTorch zip whose data.pkl calls torch.fx's _forward_from_src",
+           lambda: in_torch_zip(fx_forward_from_src_payload()), needs_torch=True),
+    Sample("joblib_code_after_array", "model.joblib", True, "joblib.dump of [array, os.system reduce]",
+           _joblib_code_after_array_bytes),
+    Sample("joblib_object_array", "model.joblib", True, "joblib object-dtype array holding an os.system reduce",
+           _joblib_object_array_bytes),
+    Sample("benign_joblib_arrays", "model.joblib", False, "joblib.dump of 1-D, 2-D, structured arrays and a float",
+           _joblib_arrays_bytes),
+)

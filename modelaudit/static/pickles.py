@@ -10,6 +10,12 @@ Two detectors run on each pickle stream, and neither ever unpickles it:
   ``inspect.getattr_static(os.path, 'os')``, ``operator.attrgetter('os.system')``, STACK_GLOBAL operands
   fetched from the memo.
 
+Policy: an allow-listed global passes; a denied one is critical; any other global is medium when only
+referenced, but high (``unknown-call``) when loading *calls* it (REDUCE, NEWOBJ, INST/OBJ, handed to an
+allow-listed callable that calls it, or BUILD on the global itself), unless ``CALL_RULES`` admits that exact call
+shape (what ``training_args.bin`` needs). joblib files write raw array bytes into the middle of the pickle after
+each ``NumpyArrayWrapper``; the simulation sizes and skips them from the wrapper's state, as ``joblib.load`` does.
+
 Containers are walked by us (raw pickle, PyTorch zip, plain zip, tar, gzip/bz2/xz, joblib's zlib/lzma/``ZF``
 streams, object-dtype ``.npy``, legacy ``torch.save`` streams) with bounded nesting depth, member count and
 decompressed bytes, spooling members to temporary files, so an archive bomb becomes a finding instead of an
@@ -21,9 +27,12 @@ from __future__ import annotations
 
 import ast
 import bz2
+import functools
 import gzip
 import io
 import lzma
+import math
+import operator
 import pickletools  # nosec B403 - opcode parsing only; nothing is ever unpickled
 import re
 import struct
@@ -47,6 +56,7 @@ RULES = {
     "static.pickle.dangerous-call": "A pickle invokes a callable that can execute code (directly or via getattr)",
     "static.pickle.dangerous-global": "A pickle imports a module or attribute that gives code execution",
     "static.pickle.unknown-global": "A pickle references a global outside the allow-list; review before loading",
+    "static.pickle.unknown-call": "A pickle calls a global outside the allow-list while loading, which can run code",
     "static.pickle.malformed": "A pickle stream is malformed or tampered (unparseable, forged STACK_GLOBAL)",
     "static.pickle.scan-incomplete": "A pickle could not be analysed to the end; it is not known to be safe",
     "static.pickle.resource-limit": "An archive or pickle exceeds size/nesting limits (zip bomb, pickle bomb)",
@@ -91,6 +101,9 @@ ALLOWED_GLOBALS: frozenset[str] = frozenset({
     "torch._utils._rebuild_qtensor", "torch._utils._rebuild_sparse_tensor", "torch._utils._rebuild_nested_tensor",
     "torch._utils._rebuild_device_tensor_from_cpu_tensor", "torch._tensor._rebuild_from_type_v2",
     "torch._tensor._rebuild_from_type", "torch.serialization._get_layout",  # copyreg's reducer for torch.layout
+    # the type torch.save hands _rebuild_from_type_v2 for a tensor with attributes: torch's own class, used for
+    # as_subclass and a __dict__ update
+    "torch.Tensor", "torch._tensor.Tensor",
     "torch.Size", "torch.device", "torch.storage.UntypedStorage", "torch.storage.TypedStorage",
     "torch.nn.parameter.Parameter", "torch.contiguous_format", "torch.channels_last", "torch.preserve_format",
     "torch.strided", "torch.sparse_coo",
@@ -101,6 +114,39 @@ ALLOWED_GLOBALS: frozenset[str] = frozenset({
     "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
 })
 _ALLOWED_PATTERNS = (re.compile(r"numpy\.dtypes\.[A-Za-z0-9]+DType"),)
+
+# Globals outside ALLOWED_GLOBALS that ordinary training artefacts *call* while loading, each allowed only in
+# the exact call shape that runs none of its own code (anything else it does is an ``unknown-call``):
+#
+# * ``enum(value)``: the Enum classes ``TrainingArguments`` stores (transformers' and accelerate's own
+#   ``str, Enum`` types). ``EnumType.__call__`` with one constant looks the value up among the members; their
+#   ``_missing_`` only raises. Shape ``const1``.
+# * ``new()``: plain classes ``torch.save(TrainingArguments)`` writes as ``cls.__new__(cls)`` (NEWOBJ, no
+#   arguments) followed by BUILD with a dict. None defines ``__new__``, ``__setstate__`` or ``__setattr__``
+#   (``test_call_rules_match_the_installed_classes`` checks), so loading is ``object.__new__`` plus a
+#   ``__dict__`` update: none of the class's code runs. joblib's ``NumpyArrayWrapper`` is one too; its BUILD
+#   additionally makes joblib read raw array bytes, which the simulation follows (``_joblib_layout``).
+CALL_CONST1 = "const1"
+CALL_NEW = "new()"
+_TRANSFORMERS_ENUMS = (
+    "transformers.trainer_utils.IntervalStrategy", "transformers.trainer_utils.SaveStrategy",
+    "transformers.trainer_utils.SchedulerType", "transformers.trainer_utils.HubStrategy",
+    "transformers.trainer_utils.FSDPOption", "transformers.trainer_utils.HPSearchBackend",
+    "transformers.training_args.OptimizerNames", "transformers.training_args.ParallelMode",
+    "transformers.debug_utils.DebugOption",
+    "accelerate.utils.dataclasses.DistributedType", "accelerate.utils.dataclasses.ComputeEnvironment",
+    "accelerate.utils.dataclasses.DynamoBackend", "accelerate.utils.dataclasses.PrecisionType",
+    "accelerate.utils.dataclasses.RNGType", "accelerate.utils.dataclasses.LoggerType",
+)
+_PLAIN_CLASSES = (
+    "transformers.training_args.TrainingArguments", "transformers.training_args_seq2seq.Seq2SeqTrainingArguments",
+    "transformers.trainer_pt_utils.AcceleratorConfig", "accelerate.state.PartialState",
+)
+JOBLIB_WRAPPER = "joblib.numpy_pickle.NumpyArrayWrapper"
+CALL_RULES: dict[str, frozenset[str]] = {
+    **{ref: frozenset({CALL_CONST1}) for ref in _TRANSFORMERS_ENUMS},
+    **{ref: frozenset({CALL_NEW}) for ref in (*_PLAIN_CLASSES, JOBLIB_WRAPPER)},
+}
 
 # Any global from these modules (or their submodules) gives code execution, process, file or network access.
 DENIED_MODULES: frozenset[str] = frozenset({
@@ -114,6 +160,8 @@ DENIED_MODULES: frozenset[str] = frozenset({
     "cloudpickle", "numpy.testing", "numpy.f2py", "numpy.distutils", "torch.hub", "torch.package",
     "torch.serialization", "torch._C", "torch.jit", "torch.utils.cpp_extension", "tempfile", "io", "_io",
     "linecache", "logging.config", "sqlite3",
+    "torch.fx",  # GraphModule pickles exec their generated source (_forward_from_src, reduce_graph_module)
+    "jinja2",  # a Template compiles its source to Python and render() evaluates it (template injection)
 })
 _DENIED_BUILTINS = frozenset({
     "eval", "exec", "execfile", "compile", "__import__", "open", "file", "getattr", "setattr", "delattr",
@@ -156,7 +204,8 @@ def classify_global(module: str, name: str) -> str:
         return "unknown"  # no import can succeed: the unpickler raises before anything runs
     if ref in ALLOWED_GLOBALS or any(p.fullmatch(ref) for p in _ALLOWED_PATTERNS):
         return "allow"
-    if ref in _DENIED_EXACT or any(module == m or module.startswith(m + ".") for m in DENIED_MODULES):
+    # on the whole dotted path: ``torch`` + ``fx.graph_module._forward_from_src`` reaches torch.fx all the same
+    if ref in _DENIED_EXACT or any(ref == m or ref.startswith(m + ".") for m in DENIED_MODULES):
         return "deny"
     if module == "builtins" and parts and parts[0] in _DENIED_BUILTINS:
         return "deny"
@@ -165,6 +214,28 @@ def classify_global(module: str, name: str) -> str:
     if any(p.startswith("__") and p.endswith("__") for p in parts) or any(p in DANGEROUS_ATTRS for p in parts[1:]):
         return "deny"  # traversal in a dotted name: OrderedDict.__init__.__globals__, torch.__builtins__
     return "unknown"
+
+
+def judge_use(use: GlobalUse) -> str:
+    """How a pickle's use of one global is rated: ``deny`` (code execution), ``allow``, ``call`` (a global off
+    the allow-list that loading invokes: it can run code, high) or ``unknown`` (only referenced: review).
+
+    A global called only in a shape its ``CALL_RULES`` entry admits is allowed. BUILD on a global itself is a
+    call even for allow-listed ones: no pickler writes it, and it runs ``__setstate__`` or overwrites
+    attributes of the class or function.
+    """
+    verdict = classify_global(use.module, use.name)
+    if verdict == "deny":
+        return "deny"
+    if not _IMPORTABLE.fullmatch(use.module):
+        return verdict  # no import can succeed: the unpickler raises before anything runs
+    if use.built:
+        return "call"
+    if verdict == "allow" or not use.called:
+        return verdict
+    module, name = normalise_global(use.module, use.name)
+    allowed_shapes = CALL_RULES.get(f"{module}.{name}")
+    return "allow" if allowed_shapes is not None and use.call_shapes <= allowed_shapes else "call"
 
 
 # --- limits --------------------------------------------------------------------------------------------
@@ -222,6 +293,52 @@ class _Ref:
         return _Ref(self.module, f"{self.name}.{attr}" if self.name else attr, via)
 
 
+class _Dict:
+    """A simulated dict, keeping up to ``_DICT_KEYS`` string keys (enough for a joblib wrapper's state)."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, Any] = {}
+        self.complete = True
+        """False once a key was not kept (not a str, or over the limit): ``items`` is then not the whole dict."""
+
+    def set(self, key: Any, value: Any) -> None:
+        if isinstance(key, str) and (key in self.items or len(self.items) < _DICT_KEYS):
+            self.items[key] = value
+        else:
+            self.complete = False
+
+
+_DICT_KEYS = 64
+
+
+class _Call:
+    """The result of invoking a known global: what was called, how, and the state a later BUILD gave it."""
+
+    def __init__(self, func: _Ref, args: Any, shape: str) -> None:
+        self.func = func
+        self.args = args
+        self.shape = shape
+        self.state: Any = _OTHER
+
+
+_CONST_OPS = frozenset({"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT"})
+_CONST_VALUES = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
+
+
+def _is_const(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float))
+
+
+def _call_shape(args: Any, *, new: bool, kwargs: Any = None) -> str:
+    """``CALL_NEW`` for ``cls.__new__(cls)``, ``CALL_CONST1`` for ``f(constant)``, else ``"other"``."""
+    if not isinstance(args, tuple):
+        return "other"
+    if new:
+        no_kwargs = kwargs is None or (isinstance(kwargs, _Dict) and kwargs.complete and not kwargs.items)
+        return CALL_NEW if args == () and no_kwargs else "other"
+    return CALL_CONST1 if len(args) == 1 and _is_const(args[0]) else "other"
+
+
 @dataclass(frozen=True)
 class _AttrGetter:
     """The result of ``operator.attrgetter('a.b')``: calling it on X resolves ``X.a.b``."""
@@ -240,7 +357,12 @@ class GlobalUse:
     positions: list[int] = field(default_factory=list)
     """Byte offsets of the opcodes that reference or invoke it."""
     called: bool = False
-    """True when REDUCE/NEWOBJ/INST/OBJ invokes it."""
+    """True when REDUCE/NEWOBJ/INST/OBJ invokes it (or BUILD sets state on the global itself)."""
+    call_shapes: set[str] = field(default_factory=set)
+    """How it is invoked: ``CALL_CONST1``, ``CALL_NEW``, ``"other"`` (matched against ``CALL_RULES``)."""
+    built: bool = False
+    """BUILD was applied to the global itself (not to an instance): its ``__setstate__`` runs or its attributes
+    are overwritten."""
     via: str | None = None
     """For resolved references: the indirection that produced it (``builtins.getattr``, ``sys.modules``...)."""
 
@@ -276,25 +398,40 @@ class StreamAnalysis:
     never reads them, so they are reported as odd, not as a tampered stream."""
     truncated: bool = False
     """The opcode budget ran out."""
+    regions: list[tuple[int, int, str]] = field(default_factory=list)
+    """(start, end, kind) of joblib array payloads inside the stream: ``raw`` array bytes (with their padding)
+    that joblib's unpickler reads as data, or an object array's own ``pickle``."""
+    joblib_unread: list[int] = field(default_factory=list)
+    """Positions of BUILDs of a joblib array wrapper whose layout could not be read: joblib would read array
+    bytes there that we parsed as opcodes."""
 
 
 class _Simulator:
     """Symbolic stack machine over ``pickletools.genops``: it tracks only strings, globals and tuples."""
 
-    def __init__(self, analysis: StreamAnalysis, base: int) -> None:
+    def __init__(self, analysis: StreamAnalysis, base: int, *, joblib: bool = True) -> None:
         self.a = analysis
         self.base = base
         self.stack: list[Any] = []
         self.memo: dict[int, Any] = {}
+        self.joblib = joblib
+        """Follow joblib's layout (array bytes after a wrapper's BUILD); off inside an object array's pickle,
+        which joblib reads with the plain unpickler."""
+        self.pending: _JoblibArray | None = None
+        """Set by BUILD of a joblib array wrapper: what joblib reads from the stream right after it."""
 
-    def use(self, ref: _Ref, pos: int, *, called: bool = False) -> None:
+    def use(self, ref: _Ref, pos: int, *, called: bool = False, shape: str | None = None,
+            built: bool = False) -> None:
         key = ref.ref
         use = self.a.globals.get(key)
         if use is None:
             use = self.a.globals[key] = GlobalUse(ref.module, ref.name, via=ref.via)
         if len(use.positions) < 32:
             use.positions.append(self.base + pos)
-        use.called = use.called or called
+        use.called = use.called or called or built
+        use.built = use.built or built
+        if shape is not None:
+            use.call_shapes.add(shape)
 
     def pop(self) -> Any:
         if not self.stack:
@@ -309,8 +446,11 @@ class _Simulator:
                 return items
         raise ValueError("MARK expected but not on the stack")
 
-    def call(self, func: Any, args: Any, pos: int) -> Any:
-        """Record an invocation and return the symbolic result (resolving getattr/import/attrgetter)."""
+    def call(self, func: Any, args: Any, pos: int, *, new: bool = False, kwargs: Any = None) -> Any:
+        """Record an invocation and return the symbolic result (resolving getattr/import/attrgetter).
+
+        ``new`` marks NEWOBJ/NEWOBJ_EX, which call ``cls.__new__(cls, *args, **kwargs)``.
+        """
         items = args if isinstance(args, tuple) else ()
         if isinstance(func, _AttrGetter):
             if items and isinstance(items[0], _Ref):
@@ -322,7 +462,8 @@ class _Simulator:
             return _OTHER
         if not isinstance(func, _Ref):
             return _OTHER
-        self.use(func, pos, called=True)
+        shape = _call_shape(args, new=new, kwargs=kwargs)
+        self.use(func, pos, called=True, shape=shape)
         module, name = normalise_global(func.module, func.name)
         ref = f"{module}.{name}"
         if ref in _GETATTR_LIKE and len(items) >= 2 and isinstance(items[1], str):
@@ -341,7 +482,34 @@ class _Simulator:
             resolved = _Ref(items[1], "", "sys.modules")
             self.use(resolved, pos)
             return resolved
-        return _OTHER
+        for item in items:
+            if isinstance(item, _Ref):  # allow-listed trampolines call their arguments: torch's
+                self.use(item, pos, called=True, shape="other")  # _rebuild_from_type_v2(func, ...), _reconstruct
+        return _Call(func, args, shape)
+
+    def build(self, pos: int) -> None:
+        """BUILD: ``obj.__setstate__(state)``, or a ``__dict__`` update plus ``setattr`` for slot state.
+
+        On an instance this runs code of the class that made it, and that construction was already judged as a
+        call (``CALL_NEW`` classes have no ``__setstate__``; state other than a dict goes through ``setattr`` and
+        so spoils that shape). On a global itself (a class, function or module object, never what a pickler writes) it runs that
+        global's ``__setstate__`` or overwrites its attributes: recorded as invoking it.
+        """
+        state = self.pop()
+        if not self.stack:
+            raise ValueError("BUILD on an empty stack")
+        target = self.stack[-1]
+        if isinstance(target, _Ref):
+            self.use(target, pos, built=True)
+        elif isinstance(target, _Call):
+            target.state = state
+            if not isinstance(state, _Dict):  # slot state: setattr, which reaches property setters
+                self.use(target.func, pos, called=True, shape="other")
+            if self.joblib and target.shape == CALL_NEW and \
+                    ".".join(normalise_global(target.func.module, target.func.name)) == JOBLIB_WRAPPER:
+                self.pending = _joblib_layout(target)
+                if self.pending is None:
+                    self.a.joblib_unread.append(self.base + pos)
 
     def step(self, op: pickletools.OpcodeInfo, arg: Any, pos: int) -> None:  # noqa: C901 - one opcode table
         name = op.name
@@ -365,11 +533,33 @@ class _Simulator:
                 self.stack.append(_OTHER)
         elif name in {"REDUCE", "NEWOBJ"}:
             args = self.pop()
-            self.stack.append(self.call(self.pop(), args, pos))
+            self.stack.append(self.call(self.pop(), args, pos, new=name == "NEWOBJ"))
         elif name == "NEWOBJ_EX":
-            self.pop()
+            kwargs = self.pop()
             args = self.pop()
-            self.stack.append(self.call(self.pop(), args, pos))
+            self.stack.append(self.call(self.pop(), args, pos, new=True, kwargs=kwargs))
+        elif name == "BUILD":
+            self.build(pos)
+        elif name in _CONST_OPS:
+            self.stack.append(arg)
+        elif name in _CONST_VALUES:
+            self.stack.append(_CONST_VALUES[name])
+        elif name == "EMPTY_DICT":
+            self.stack.append(_Dict())
+        elif name == "DICT":
+            items = self.pop_mark()
+            built = _Dict()
+            for key, value in zip(items[::2], items[1::2]):
+                built.set(key, value)
+            self.stack.append(built)
+        elif name in {"SETITEM", "SETITEMS"}:
+            items = [self.pop(), self.pop()][::-1] if name == "SETITEM" else self.pop_mark()
+            if not self.stack:
+                raise ValueError(f"{name} on an empty stack")
+            target = self.stack[-1]
+            if isinstance(target, _Dict):
+                for key, value in zip(items[::2], items[1::2]):
+                    target.set(key, value)
         elif name == "OBJ":
             items = self.pop_mark()
             if not items:
@@ -429,6 +619,162 @@ class _Simulator:
             self.stack.append(popped[0] if keep else _OTHER)
 
 
+# --- joblib's layout: array bytes written into the middle of the pickle ----------------------------------
+
+@dataclass(frozen=True)
+class _JoblibArray:
+    """What ``joblib.load`` reads from the stream right after BUILD of a ``NumpyArrayWrapper``."""
+
+    nbytes: int
+    """Raw array bytes (shape product times item size)."""
+    padded: bool
+    """A padding-length byte and that many padding bytes come first (``numpy_array_alignment_bytes`` set)."""
+    object_dtype: bool
+    """The array holds Python objects: a whole nested pickle follows instead of raw bytes."""
+
+
+_JOBLIB_STATE_KEYS = frozenset({"subclass", "shape", "order", "dtype", "allow_mmap", "numpy_array_alignment_bytes"})
+_JOBLIB_REQUIRED_KEYS = frozenset({"subclass", "shape", "order", "dtype"})
+_DTYPE_ITEMSIZE = re.compile(r"[?bBiufcmMO](\d+)")  # numpy's reduce names fixed-size types 'f8', 'b1', 'M8'...
+_NPY_ITEM_REFCOUNT = 0x01  # dtype flag: items hold Python object references (also set for structured ones)
+
+
+def _qualname(ref: _Ref) -> str:
+    return ".".join(normalise_global(ref.module, ref.name))
+
+
+def _dtype_layout(value: Any) -> tuple[int, bool] | None:
+    """(item size, holds objects) of a simulated ``numpy.dtype(typestr, ...)`` with its BUILD state, the way
+    ``ndarray.dtype.__reduce__`` writes it; None when it is not exactly that."""
+    if not isinstance(value, _Call) or _qualname(value.func) != "numpy.dtype":
+        return None
+    args, state = value.args, value.state
+    if not (isinstance(args, tuple) and args and isinstance(args[0], str)):
+        return None
+    if not (isinstance(state, tuple) and len(state) >= 8 and type(state[5]) is int and type(state[7]) is int):
+        return None
+    has_object = args[0].startswith("O") or bool(state[7] & _NPY_ITEM_REFCOUNT)
+    if state[5] > 0:  # flexible and structured types carry their size
+        return state[5], has_object
+    match = _DTYPE_ITEMSIZE.fullmatch(args[0])
+    return (int(match.group(1)), has_object) if match and int(match.group(1)) > 0 else None
+
+
+def _joblib_layout(wrapper: _Call) -> _JoblibArray | None:
+    """The array payload a ``NumpyArrayWrapper`` announces, from its state (subclass, shape, order, dtype,
+    alignment) as ``joblib.dump`` writes it; None when the state is anything else."""
+    state = wrapper.state
+    if not isinstance(state, _Dict) or not state.complete:
+        return None
+    items = state.items
+    if not _JOBLIB_REQUIRED_KEYS <= items.keys() <= _JOBLIB_STATE_KEYS:
+        return None
+    subclass, shape, alignment = items["subclass"], items["shape"], items.get("numpy_array_alignment_bytes")
+    if not (isinstance(subclass, _Ref) and _qualname(subclass) == "numpy.ndarray"):
+        return None  # another subclass makes joblib call it (numpy's _reconstruct)
+    if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
+        return None
+    if items["order"] not in ("C", "F") or not (alignment is None or type(alignment) is int):
+        return None
+    dtype = _dtype_layout(items["dtype"])
+    if dtype is None:
+        return None
+    itemsize, has_object = dtype
+    if has_object:
+        return _JoblibArray(0, padded=False, object_dtype=True)
+    return _JoblibArray(math.prod(shape) * itemsize, padded=alignment is not None, object_dtype=False)
+
+
+class _OutOfOpcodes(Exception):
+    """The opcode budget of one stream is spent."""
+
+
+class _Budget:
+    """Opcodes left to simulate in one stream, shared by its pickles, nested pickles and shadow reads."""
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+
+    def spend(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise _OutOfOpcodes
+
+
+def _run_pickle(stream: BinaryIO, sim: _Simulator, budget: _Budget,
+                first_ops: list[tuple[str, Any]] | None = None) -> None:
+    """Step ``sim`` through one pickle up to its STOP, following joblib array payloads on the way.
+
+    Raises:
+        _OutOfOpcodes: the budget ran out.
+        Exception: whatever a malformed stream makes ``genops`` or the simulation raise.
+    """
+    for op, arg, pos in pickletools.genops(stream):  # genops reads on from wherever the stream now is
+        budget.spend()
+        if first_ops is not None and len(first_ops) < 4:
+            first_ops.append((op.name, arg))
+        sim.step(op, arg, cast(int, pos))  # genops on a seekable stream always has a position
+        if sim.pending is not None:
+            layout, sim.pending = sim.pending, None
+            _follow_joblib_array(stream, sim, layout, budget)
+
+
+def _follow_joblib_array(stream: BinaryIO, sim: _Simulator, layout: _JoblibArray, budget: _Budget) -> None:
+    """Move past the array payload exactly as ``NumpyArrayWrapper.read_array`` does, and record its region.
+
+    An object array is a nested pickle read by the plain unpickler: simulated like any pickle. Raw bytes are
+    skipped, but first read as ``pickle.load`` would read them (it knows nothing of joblib).
+    """
+    here = stream.tell()
+    if layout.object_dtype:
+        _run_pickle(stream, _Simulator(sim.a, sim.base, joblib=False), budget)
+        sim.a.regions.append((here + sim.base, stream.tell() + sim.base, "pickle"))
+        return
+    _shadow_plain_load(stream, sim, budget)
+    stream.seek(here)
+    skip = 0
+    if layout.padded:
+        pad = stream.read(1)
+        if not pad:
+            raise ValueError("joblib array padding byte missing at the end of the stream")
+        skip = 1 + pad[0]
+    end = here + skip + layout.nbytes
+    size = stream.seek(0, io.SEEK_END)
+    if size < end:
+        raise ValueError(f"joblib array of {layout.nbytes} bytes runs past the end of the stream")
+    stream.seek(end)
+    sim.a.regions.append((here + sim.base, end + sim.base, "raw"))
+
+
+def _shadow_plain_load(stream: BinaryIO, sim: _Simulator, budget: _Budget) -> None:
+    """Record the dangerous globals ``pickle.load`` (not joblib) would reach by running array bytes as opcodes.
+
+    joblib writes a padding-length byte that is no opcode, so for its own files this stops at once; a crafted
+    file could hide a payload there. The shadow starts from a copy of the stack and memo (mutable values
+    replaced, so it cannot alter the real simulation); its parse errors end it quietly, as they end the load.
+    """
+    here = stream.tell()
+    head = stream.read(1)
+    stream.seek(here)
+    if not head or head[0] not in _VALID_FIRST_BYTES:
+        return  # pickle.load raises on this byte before running anything
+    shadow_a = StreamAnalysis()
+    shadow = _Simulator(shadow_a, sim.base, joblib=False)
+    shadow.stack = [_OTHER if isinstance(v, (_Dict, _Call)) else v for v in sim.stack]
+    shadow.memo = {k: _OTHER if isinstance(v, (_Dict, _Call)) else v for k, v in sim.memo.items()}
+    try:
+        _run_pickle(stream, shadow, budget)
+    except _OutOfOpcodes:
+        raise
+    except Exception:  # noqa: BLE001, S110 - the plain load fails here too; what ran before is recorded
+        pass
+    for key, use in shadow_a.globals.items():
+        if judge_use(use) in {"deny", "call"}:
+            kept = sim.a.globals.setdefault(key, use)
+            kept.called, kept.built = kept.called or use.called, kept.built or use.built
+            kept.call_shapes |= use.call_shapes
+
+
 def analyse_stream(stream: BinaryIO, *, limits: PickleLimits = DEFAULT_LIMITS) -> StreamAnalysis:
     """Simulate every pickle concatenated at the start of ``stream`` without executing anything.
 
@@ -436,7 +782,7 @@ def analyse_stream(stream: BinaryIO, *, limits: PickleLimits = DEFAULT_LIMITS) -
     at the first opcode that does not parse, or when the opcode budget is spent.
     """
     analysis = StreamAnalysis()
-    budget = limits.max_opcodes
+    budget = _Budget(limits.max_opcodes)
     start = stream.tell()
     while analysis.pickles < limits.max_pickles_per_stream:
         here = stream.tell()
@@ -448,14 +794,10 @@ def analyse_stream(stream: BinaryIO, *, limits: PickleLimits = DEFAULT_LIMITS) -
         seen = (len(analysis.globals), len(analysis.unresolved_stack_globals), len(analysis.extension_codes),
                 analysis.persistent_ids)
         try:
-            for op, arg, pos in pickletools.genops(stream):
-                budget -= 1
-                if budget < 0:
-                    analysis.truncated = True
-                    return analysis
-                if len(first_ops) < 4:
-                    first_ops.append((op.name, arg))
-                sim.step(op, arg, cast(int, pos))  # genops on an in-memory stream always has a position
+            _run_pickle(stream, sim, budget, first_ops)
+        except _OutOfOpcodes:
+            analysis.truncated = True
+            return analysis
         except Exception as exc:  # noqa: BLE001 - any parse failure is a finding, never a crash
             now = (len(analysis.globals), len(analysis.unresolved_stack_globals), len(analysis.extension_codes),
                    analysis.persistent_ids)
@@ -500,7 +842,8 @@ class Payload:
 
 # Rules about one global share a key, so the engine's and our view of ``os.system`` merge into one finding
 # that takes the gravest of the rules (an invocation outranks a mere reference, which outranks "unknown").
-_GLOBAL_RULES = ("static.pickle.unknown-global", "static.pickle.dangerous-global", "static.pickle.dangerous-call")
+_GLOBAL_RULES = ("static.pickle.unknown-global", "static.pickle.unknown-call", "static.pickle.dangerous-global",
+                 "static.pickle.dangerous-call")
 
 
 class _Findings:
@@ -571,16 +914,44 @@ def scan_payload(payload: Payload, out: _Findings, *, limits: PickleLimits = DEF
     _report_own(analysis, payload, out)
     engine = _engine(limits)
     source = payload.member or out.path
-    if analysis.legacy_torch or analysis.junk_tail:
-        # The unpickler stops at the last STOP (a legacy torch file's raw storages, or junk, follow): the
-        # engine judges completeness on the pickles alone, and looks at the whole blob only for findings.
-        report = engine.scan_bytes(payload.data[: analysis.end], source=source, enrich_call_graph=False)
-        if analysis.junk_tail:
-            whole = engine.scan_bytes(payload.data, source=source, enrich_call_graph=False)
-            _report_engine(whole, payload, analysis, out, judge_status=False)
-    else:
-        report = engine.scan_bytes(payload.data, source=source, enrich_call_graph=False)
-    _report_engine(report, payload, analysis, out)
+    # The unpickler stops at the last STOP (a legacy torch file's raw storages, or junk, follow): the engine
+    # judges completeness on the pickles alone, and looks at the whole blob only for findings. joblib's array
+    # payloads are cut out of what it sees (they are data to joblib); an object array's pickle is its own scan.
+    stops_early = analysis.legacy_torch or bool(analysis.junk_tail)
+    if analysis.junk_tail:
+        whole, whole_map = _without_regions(payload.data, analysis.regions)
+        _report_engine(engine.scan_bytes(whole, source=source, enrich_call_graph=False), payload, analysis, out,
+                       judge_status=False, pos_map=whole_map)
+    judged, judged_map = _without_regions(payload.data[: analysis.end] if stops_early else payload.data,
+                                          analysis.regions)
+    report = engine.scan_bytes(judged, source=source, enrich_call_graph=False)
+    _report_engine(report, payload, analysis, out, pos_map=judged_map)
+    for start, end, kind in analysis.regions:
+        if kind == "pickle":
+            nested = engine.scan_bytes(payload.data[start:end], source=source, enrich_call_graph=False)
+            _report_engine(nested, payload, analysis, out, pos_map=functools.partial(operator.add, start))
+
+
+def _without_regions(data: bytes, regions: list[tuple[int, int, str]]) -> tuple[bytes, Callable[[int], int]]:
+    """``data`` with the joblib array payloads (inside it) cut out: the opcodes joblib's unpickler runs, as one
+    pickle. Also returns the map from offsets in the result back to offsets in ``data``."""
+    inside = sorted(r for r in regions if r[1] <= len(data))
+    if not inside:
+        return data, lambda pos: pos
+    parts: list[bytes] = []
+    cuts: list[tuple[int, int]] = []  # (offset in the result where bytes were cut, how many)
+    last = removed = 0
+    for start, end, _kind in inside:
+        parts.append(data[last:start])
+        cuts.append((start - removed, end - start))
+        removed += end - start
+        last = end
+    parts.append(data[last:])
+
+    def to_original(pos: int) -> int:
+        return pos + sum(length for at, length in cuts if pos >= at)
+
+    return b"".join(parts), to_original
 
 
 def _global_evidence(use: GlobalUse) -> dict[str, Any]:
@@ -595,7 +966,7 @@ def _global_ref_evidence(global_ref: str | None) -> dict[str, Any]:
 def _report_own(a: StreamAnalysis, p: Payload, out: _Findings) -> None:
     """Findings from our own simulation."""
     for use in a.globals.values():
-        verdict = classify_global(use.module, use.name)
+        verdict = judge_use(use)
         if verdict == "allow":
             continue
         pos = use.positions[0] + p.offset if use.positions else None
@@ -605,11 +976,24 @@ def _report_own(a: StreamAnalysis, p: Payload, out: _Findings) -> None:
             verb = "invokes" if use.called else "references"
             out.add(rule, Severity.CRITICAL, f"pickle {verb} {use.ref}{how}, which can execute code when loaded",
                     member=p.member, subject=use.ref, position=pos, **_global_evidence(use))
-        elif use.via is None:  # an unknown value reached through getattr/import: the indirection is reported
+        elif use.via is not None:
+            continue  # an unknown value reached through getattr/import: the indirection is reported
+        elif verdict == "call":
+            what = (f"sets state on {use.ref} itself (BUILD on a class or function), which runs its __setstate__ "
+                    "or overwrites its attributes" if use.built else f"calls {use.ref} while loading")
+            out.add("static.pickle.unknown-call", Severity.HIGH,
+                    f"pickle {what}; it is not on the allow-list of callables, so loading it can run code",
+                    member=p.member, subject=use.ref, position=pos, confidence=0.8, **_global_evidence(use))
+        else:
             verb = "invokes" if use.called else "references"
             out.add("static.pickle.unknown-global", Severity.MEDIUM,
                     f"pickle {verb} {use.ref}{how}, which is not on the allow-list; review it before loading",
                     member=p.member, subject=use.ref, position=pos, confidence=0.6, **_global_evidence(use))
+    for pos in a.joblib_unread:
+        out.add("static.pickle.malformed", Severity.HIGH,
+                "a joblib array wrapper's state is not what joblib.dump writes, so where joblib.load reads its array "
+                "bytes (and what it runs after them) cannot be followed; the rest of the stream is unchecked",
+                member=p.member, subject="joblib-wrapper", position=pos + p.offset)
     for pos in a.unresolved_stack_globals:
         out.add("static.pickle.malformed", Severity.HIGH,
                 "STACK_GLOBAL takes operands that are not string literals; the callable cannot be resolved",
@@ -662,6 +1046,7 @@ _RULE_SEVERITY = {
     "static.pickle.dangerous-call": Severity.CRITICAL,
     "static.pickle.dangerous-global": Severity.CRITICAL,
     "static.pickle.unknown-global": Severity.MEDIUM,
+    "static.pickle.unknown-call": Severity.HIGH,
     "static.pickle.malformed": Severity.HIGH,
     "static.pickle.resource-limit": Severity.HIGH,
     "static.pickle.extension-ref": Severity.HIGH,
@@ -670,22 +1055,53 @@ _RULE_SEVERITY = {
 }
 
 
+_NESTED_SUMMARIES = frozenset({"S213", "S601", "S602"})
+
+
+def _nested_severity(code: str, details: dict[str, Any], location: str) -> Severity | None:
+    """Severity of an engine finding about a string or bytes literal that looks like a pickle; None if it is not.
+
+    Loading never unpickles a literal: only what would run if an application did matters. Globals inside keep
+    their own rules (the caller grades them); a literal holding a whole pickle with calls needs review (medium);
+    bytes that only partly parse as one (random data: RNG states, hashes, weights) and the engine's remarks on
+    such fragments are INFO.
+    """
+    if code in _NESTED_SUMMARIES:
+        return Severity.INFO if details.get("analysis_incomplete") else Severity.MEDIUM
+    if "nested_encoding" in details or "(nested " in location:
+        return Severity.INFO
+    return None
+
+
+def _only_literals_unfinished(report: PickleReport, a: StreamAnalysis) -> bool:
+    """The engine stopped short only inside pickle-looking literals, while the stream itself parsed to its end
+    in our simulation: the stream is analysed, so its status is not a reason to call the file unchecked."""
+    codes = [str(n.to_dict().get("code", "")) for n in report.notices]
+    return (not report.errors and a.error is None and not a.truncated and "nested_pickle_incomplete" in codes
+            and all(c.startswith("nested_") for c in codes))
+
+
 def _report_engine(report: PickleReport, p: Payload, a: StreamAnalysis, out: _Findings, *,
-                   judge_status: bool = True) -> None:
-    """Re-judge the engine's findings with our policy; an unfinished engine scan is itself a finding."""
+                   judge_status: bool = True, pos_map: Callable[[int], int] = lambda pos: pos) -> None:
+    """Re-judge the engine's findings with our policy; an unfinished engine scan is itself a finding.
+
+    ``pos_map`` turns offsets in the bytes the engine saw into offsets in the payload.
+    """
+    permitted = {ref for ref, use in a.globals.items() if judge_use(use) == "allow"}
     for f in report.findings:
         code = f.rule_code or "UNKNOWN"
         details = dict(f.details)
         module, name = str(details.get("module") or ""), str(details.get("name") or "")
         m = _ENGINE_POS.search(f.location or "")
-        pos = int(m.group(1)) + p.offset if m else None
+        pos = pos_map(int(m.group(1))) + p.offset if m else None
         rule = _ENGINE_RULES.get(code, "static.pickle.engine-finding")
         global_ref: str | None = None
         if module and code in {"NON_ALLOWLISTED_GLOBAL", "S203", "DANGEROUS_GLOBAL", "DANGEROUS_CALL",
                                "POST_BUDGET_GLOBAL"}:
             verdict = classify_global(module, name)
-            if verdict == "allow" and code in {"NON_ALLOWLISTED_GLOBAL", "S203"}:
-                continue  # ours says an ordinary checkpoint needs it
+            permitted_here = verdict == "allow" or (f"{module}.{name}" if name else module) in permitted
+            if permitted_here and code in {"NON_ALLOWLISTED_GLOBAL", "S203"}:
+                continue  # ours says an ordinary checkpoint needs it (or calls it only in an allowed shape)
             if verdict == "deny" and rule == "static.pickle.unknown-global":
                 rule = "static.pickle.dangerous-global"
             if module == "__main__" and verdict == "unknown":
@@ -696,15 +1112,18 @@ def _report_engine(report: PickleReport, p: Payload, a: StreamAnalysis, out: _Fi
                 rule = "static.pickle.dangerous-call"
         else:
             subject = _SINGLE_SUBJECT.get(code, f"{code}:{f.message}")
+        nested = _nested_severity(code, details, f.location or "") if global_ref is None else None
+        if nested is not None:
+            rule = "static.pickle.nested-pickle"
         if rule == "static.pickle.persistent-id" and (p.torch_context or a.legacy_torch):
             continue
-        severity = _RULE_SEVERITY.get(rule)
+        severity = nested or _RULE_SEVERITY.get(rule)
         if severity is None:  # nested pickles and codes we do not know: follow the engine's own severity
             severity = Severity.CRITICAL if f.severity.value == "critical" else Severity.MEDIUM
         out.add(rule, severity, f"{f.message} [engine {code}]", member=p.member, subject=subject, position=pos,
                 source="picklescan-engine", engine_rule=code, engine_location=f.location,
                 **_global_ref_evidence(global_ref))
-    if judge_status and report.status != ScanStatus.COMPLETE:
+    if judge_status and report.status != ScanStatus.COMPLETE and not _only_literals_unfinished(report, a):
         reasons = [e.message for e in report.errors][:3] or [n.message for n in report.notices][:3]
         out.add("static.pickle.scan-incomplete", Severity.HIGH,
                 f"the pickle engine could not finish ({report.status.value}): "

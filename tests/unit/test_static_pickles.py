@@ -13,6 +13,7 @@ import json
 import pickle
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,9 @@ from modelaudit.findings import Finding, Severity  # noqa: E402
 from modelaudit.registry import static_checks  # noqa: E402
 from modelaudit.static.base import StaticContext, run_static_checks  # noqa: E402
 from modelaudit.static.pickles import (  # noqa: E402
+    CALL_CONST1,
+    CALL_NEW,
+    CALL_RULES,
     RULES,
     PickleLimits,
     analyse_stream,
@@ -140,6 +144,8 @@ def test_varied_benign_checkpoints_pass(tmp_path: Path) -> None:
            "size": torch.Size([2, 3]), "dtype": torch.float16, "dev": torch.device("cpu"),
            "view": torch.arange(10)[2:5], "nested": {"a": [torch.zeros(1), (1, 2.0, "x", None, True)]},
            "set": {1, 2}, "bytes": b"\x00\x01"}
+    obj["with_attr"] = torch.ones(2)
+    obj["with_attr"].note = "tensor with an attribute: _rebuild_from_type_v2(..., torch.Tensor, ...)"
     torch.save(obj, tmp_path / "zip.pt")
     torch.save(obj, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
     plain = {"set": {1, 2}, "frozen": frozenset([3]), "bytes": b"ab", "complex": 1j, "array": bytearray(b"x")}
@@ -167,18 +173,25 @@ def test_varied_benign_checkpoints_pass(tmp_path: Path) -> None:
     ("copyreg", "_reconstructor", "unknown"),
     ("torch.nn.modules.linear", "Linear", "unknown"),
     ("os system", "x", "unknown"),  # cannot be imported, so nothing runs
+    ("jinja2.environment", "Template.render", "deny"),
+    ("torch.fx.graph_module", "_forward_from_src", "deny"),
+    ("torch", "fx.graph_module._forward_from_src", "deny"),  # the same function reached by a dotted name
+    ("numpy", "testing._private.utils.runstring", "deny"),
 ])
 def test_classify_global(module: str, name: str, verdict: str) -> None:
     assert classify_global(module, name) == verdict
 
 
-def test_unknown_class_needs_review_but_is_not_code_execution(tmp_path: Path) -> None:
-    """A full ``torch.save(model)`` references the model's classes: medium, never critical."""
+def test_unknown_global_referenced_is_review_but_called_is_high(tmp_path: Path) -> None:
+    """An unknown class only referenced needs review (medium); called while loading it runs its own code
+    (``__init__``, ``__new__``), so it is high, never critical: nothing says it is malicious."""
+    referenced = ps.glob("mylib.layers", "Norm")
     body = ps.call(ps.glob("__main__", "TinyNet"), ) + ps.call(ps.glob("mylib.layers", "Block"), ps.ustr("x"))
-    findings = scan_bytes_as(tmp_path, "model.pkl", ps.program(ps.MARK + body + ps.TUPLE))
-    assert {f.evidence["global"]: f.severity for f in findings} == {
-        "__main__.TinyNet": Severity.MEDIUM, "mylib.layers.Block": Severity.MEDIUM}
-    assert {f.rule_id for f in findings} == {"static.pickle.unknown-global"}
+    findings = scan_bytes_as(tmp_path, "model.pkl", ps.program(ps.MARK + body + referenced + ps.TUPLE))
+    assert {f.evidence["global"]: (f.rule_id, f.severity) for f in findings} == {
+        "__main__.TinyNet": ("static.pickle.unknown-call", Severity.HIGH),
+        "mylib.layers.Block": ("static.pickle.unknown-call", Severity.HIGH),
+        "mylib.layers.Norm": ("static.pickle.unknown-global", Severity.MEDIUM)}
 
 
 def test_persistent_ids_outside_torch_are_low(tmp_path: Path) -> None:
@@ -299,3 +312,180 @@ def test_runner_runs_the_check_and_never_unpickles(samples: dict[str, Path],
     assert result.errors == [] and result.coverage.checks_run == ["static.pickle"]
     flagged = {f.location.path.split("/")[0] for f in result.findings if f.severity >= Severity.HIGH}
     assert flagged == set(MALICIOUS)
+
+
+# --- calls off the allow-list (issue 17 item 4) --------------------------------------------------------
+
+@pytest.mark.parametrize(("payload", "worst"), [
+    (ps.fx_forward_from_src_payload, Severity.CRITICAL),
+    (ps.jinja2_render_payload, Severity.CRITICAL),
+    (ps.unknown_callable_payload, Severity.HIGH),
+])
+@pytest.mark.parametrize("container", ["model.pkl", "pytorch_model.bin"])
+def test_callables_that_run_code_fail_the_gate(tmp_path: Path, payload: Callable[[str], bytes], worst: Severity,
+                                               container: str) -> None:
+    """``_forward_from_src`` execs source, ``Template.render`` evaluates an SSTI template, an unknown helper
+    may do anything: each is at least high (the default gate), raw and inside a torch.save zip."""
+    canary = tmp_path / "canary"
+    data = payload(str(canary))
+    if container == "pytorch_model.bin":
+        data = ps.in_torch_zip(data)
+    findings = scan_bytes_as(tmp_path, container, data)
+    assert max(f.severity for f in findings) is worst, [(f.rule_id, f.severity.value) for f in findings]
+    if container == "pytorch_model.bin":
+        assert all(f.evidence["member"].endswith("data.pkl") for f in findings)
+    assert not canary.exists()
+
+
+@pytest.mark.parametrize(("label", "body"), [
+    ("enum with a computed argument", ps.call(ps.glob("transformers.trainer_utils", "IntervalStrategy"),
+                                              ps.call(ps.glob("builtins", "str"), ps.ustr("steps")))),
+    ("enum with two arguments", ps.call(ps.glob("transformers.trainer_utils", "IntervalStrategy"),
+                                        ps.ustr("steps"), ps.ustr("x"))),
+    ("dataclass called with arguments", ps.call(ps.glob("transformers.training_args", "TrainingArguments"),
+                                                ps.ustr("/tmp/out"))),
+    ("joblib wrapper called, not new", ps.call(ps.glob("joblib.numpy_pickle", "NumpyArrayWrapper"),
+                                               ps.ustr("x"))),
+    ("BUILD on an allowed class itself", ps.glob("collections", "OrderedDict") + ps.EMPTY_DICT + ps.BUILD),
+    ("dataclass given slot state (setattr)", ps.glob("transformers.training_args", "TrainingArguments")
+     + ps.EMPTY_TUPLE + ps.NEWOBJ + ps.MARK + b"N" + ps.EMPTY_DICT + ps.TUPLE + ps.BUILD),
+])
+def test_allowed_callables_only_in_their_exact_shape(tmp_path: Path, label: str, body: bytes) -> None:
+    findings = scan_bytes_as(tmp_path, "model.pkl", ps.program(body))
+    assert [(f.rule_id, f.severity) for f in findings if f.severity >= Severity.HIGH] == [
+        ("static.pickle.unknown-call", Severity.HIGH)], label
+
+
+def test_training_artefacts_pass(tmp_path: Path) -> None:
+    """What a transformers Trainer writes beside a checkpoint, built for real and never loaded."""
+    import random
+
+    import numpy as np
+    import torch
+    from transformers import TrainingArguments, get_linear_schedule_with_warmup
+
+    def save(name: str, obj: object) -> None:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        torch.save(obj, tmp_path / name)
+
+    save("ckpt/training_args.bin", TrainingArguments(output_dir=str(tmp_path / "out")))
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    save("ckpt/optimizer.pt", opt.state_dict())
+    sched = get_linear_schedule_with_warmup(opt, 10, 100)
+    opt.step()
+    sched.step()
+    save("ckpt/scheduler.pt", sched.state_dict())
+    save("ckpt/rng_state.pth", {"python": random.getstate(), "numpy": np.random.get_state(),
+                                "cpu": torch.random.get_rng_state()})
+    arrays = {"a": np.arange(5), "b": np.ones((2, 3), np.float32), "s": np.float64(2.5), "i": np.int64(3)}
+    (tmp_path / "ckpt" / "stats.pkl").write_bytes(pickle.dumps(arrays))
+    assert len(list((tmp_path / "ckpt").iterdir())) == 5
+    assert [f for f in scan_folder(tmp_path) if f.severity >= Severity.LOW] == []  # INFO: RNG bytes like pickles
+
+
+def test_call_rules_match_the_installed_classes() -> None:
+    """Each entry of CALL_RULES is what its comment says: an Enum (const1), or a class whose creation and
+    BUILD run none of its own code (new(): no ``__new__``, ``__setstate__`` or ``__setattr__``)."""
+    import enum
+    import importlib
+
+    for ref, shapes in CALL_RULES.items():
+        module, _, name = ref.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        if shapes == {CALL_CONST1}:
+            assert issubclass(cls, enum.Enum), ref
+        else:
+            assert shapes == {CALL_NEW}, ref
+            own = {k for klass in cls.__mro__[:-1] for k in vars(klass)}
+            assert own.isdisjoint({"__new__", "__setstate__", "__setattr__", "__reduce__"}), ref
+
+
+# --- joblib's array layout (issue 17 item 18) ---------------------------------------------------------
+
+@pytest.mark.parametrize("label", ["1-D", "2-D", "several in a dict", "float", "structured", "fortran", "empty"])
+def test_joblib_numeric_arrays_pass(tmp_path: Path, label: str) -> None:
+    import numpy as np
+
+    value = {"1-D": np.arange(10), "2-D": np.arange(12.0).reshape(3, 4),
+             "several in a dict": {"x": np.arange(3), "y": np.ones((2, 2), np.float32), "z": np.zeros(4, np.int8)},
+             "float": np.float64(1.5) * np.ones(7), "structured": np.zeros(3, dtype=[("a", "<i4"), ("b", "<f8")]),
+             "fortran": np.asfortranarray(np.arange(6).reshape(2, 3)), "empty": np.zeros((0, 3))}[label]
+    assert scan_bytes_as(tmp_path, "model.joblib", ps.joblib_bytes(value)) == []
+    assert scan_bytes_as(tmp_path, "model.joblib", ps.joblib_unaligned_bytes(value)) == []
+
+
+def test_joblib_object_array_and_code_after_an_array_are_caught(tmp_path: Path) -> None:
+    """An object array is a nested pickle (it can carry code); a call after an array's raw bytes still runs."""
+    import numpy as np
+
+    canary = tmp_path / "canary"
+    evil = ps._Reduce(ps.os.system, (f"touch {canary}",))
+    for value in (np.array([evil, 1], dtype=object), [np.arange(100), evil], {"a": np.ones(9), "b": [evil]}):
+        findings = scan_bytes_as(tmp_path, "model.joblib", ps.joblib_bytes(value))
+        call = [f for f in findings if f.rule_id == "static.pickle.dangerous-call"]
+        assert call and call[0].severity is Severity.CRITICAL, [(f.rule_id, f.message) for f in findings]
+        assert {f.rule_id for f in findings} == {"static.pickle.dangerous-call"}
+    benign_objects = ps.joblib_bytes(np.array(["a", 1, None], dtype=object))
+    assert scan_bytes_as(tmp_path, "model.joblib", benign_objects) == []
+    assert not canary.exists()
+
+
+def test_joblib_layout_cannot_be_used_to_hide_code(tmp_path: Path) -> None:
+    """The skip is sized from the wrapper's state: a lying shape, an unreadable state, or array bytes that
+    plain ``pickle.load`` would run as opcodes are all findings."""
+    import numpy as np
+
+    payload = ps.os_system_payload()
+    hidden = ps.joblib_unaligned_bytes(np.frombuffer(payload, dtype=np.uint8))  # pickle.load runs these bytes
+    assert any(f.rule_id == "static.pickle.dangerous-call" for f in scan_bytes_as(tmp_path, "m.joblib", hidden))
+    real = ps.joblib_bytes(np.arange(4, dtype=np.int64))
+    lying = real.replace(b"K\x04\x85", b"K\x40\x85", 1)  # shape (4,) -> (64,): more bytes than the file has
+    assert lying != real
+    assert "static.pickle.malformed" in by_rule(scan_bytes_as(tmp_path, "m.joblib", lying))
+    unreadable = real.replace(b"\x8c\x05order", b"\x8c\x05ORDER", 1)  # a key joblib.dump never writes
+    assert unreadable != real
+    rules = by_rule(scan_bytes_as(tmp_path, "m.joblib", unreadable))
+    assert rules["static.pickle.malformed"][0].severity is Severity.HIGH
+
+
+@pytest.mark.parametrize("trampoline", [("torch._tensor", "_rebuild_from_type_v2"),
+                                        ("numpy.core.multiarray", "_reconstruct")])
+def test_a_global_handed_to_an_allowed_callable_counts_as_called(tmp_path: Path,
+                                                                 trampoline: tuple[str, str]) -> None:
+    """``_rebuild_from_type_v2(func, type, args, state)`` calls ``func(*args)``; ``_reconstruct(cls, ...)``
+    creates a ``cls``: an unknown global passed to them is invoked, not merely referenced."""
+    target = ps.glob("mylib.tools", "run_script")
+    body = ps.call(ps.glob(*trampoline), target, ps.glob("torch", "Tensor"),
+                   ps.MARK + ps.ustr("touch x") + ps.TUPLE, ps.EMPTY_DICT)
+    findings = scan_bytes_as(tmp_path, "model.pkl", ps.program(body))
+    run = [f for f in findings if f.evidence.get("global") == "mylib.tools.run_script"]
+    assert [(f.rule_id, f.severity) for f in run] == [("static.pickle.unknown-call", Severity.HIGH)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 5])
+def test_rng_state_random_bytes_are_not_findings(tmp_path: Path, seed: int) -> None:
+    """Trainer RNG state is random bytes; with these seeds some of them partly parse as a nested pickle
+    (an EXT1 code, an unfinished base64 or raw pickle). A literal is never unpickled by loading: no finding."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()},
+               tmp_path / "rng_state.pth")
+    assert [f for f in scan_folder(tmp_path) if f.severity >= Severity.LOW] == []
+
+
+def test_a_pickle_inside_a_literal_is_still_judged(tmp_path: Path) -> None:
+    """Whatever an application would run by unpickling a literal is still reported by its own rule."""
+    findings = scan_bytes_as(tmp_path, "data.pkl", pickle.dumps({"blob": ps.os_system_payload()}))
+    call = [f for f in findings if f.rule_id == "static.pickle.dangerous-call"]
+    assert call and call[0].evidence["global"] == "posix.system" and call[0].severity is Severity.CRITICAL
+    nested = [f for f in findings if f.rule_id == "static.pickle.nested-pickle"]
+    assert nested and max(f.severity for f in nested) is Severity.MEDIUM
