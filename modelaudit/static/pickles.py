@@ -1390,7 +1390,7 @@ class _Walker:
             infos = infos[: self.limits.max_members]
         is_torch = any(PurePosixPath(i.filename).name == "data.pkl" for i in infos)
         for info in infos:
-            if info.is_dir() or info.file_size == 0:
+            if info.filename.endswith("/") or info.file_size == 0:  # a folder (is_dir() fails on an empty name)
                 continue
             if is_torch and _STORAGE_MEMBER.search(info.filename):
                 continue  # raw tensor bytes: torch.load reads them as data, never unpickles them

@@ -200,3 +200,13 @@ def test_bzip2_member_with_bad_crc_is_incomplete_not_a_crash(tmp_path: Path) -> 
     findings = scan_one(tmp_path, "weights.zip", data)
     assert {"static.pickle.scan-incomplete", "static.pickle.archive-tampered"} & {f.rule_id for f in findings}, \
         summary(findings)
+
+
+def test_zip_member_with_an_empty_name_is_scanned_not_a_crash(tmp_path: Path) -> None:
+    """Found by the zip fuzz test: ``ZipInfo.is_dir()`` raises IndexError on an empty member name, which made
+    the whole pickle check fail for such an archive."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(zipfile.ZipInfo(""), ps.os_system_payload())
+    findings = scan_one(tmp_path, "pytorch_model.bin", buf.getvalue())
+    assert any(f.severity >= Severity.HIGH for f in findings), findings
