@@ -182,7 +182,7 @@ def run(code: Path, samples: list[str]) -> list[dict[str, object]]:
             folder.mkdir()
             build(folder)
             size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-            proc = subprocess.run([sys.executable, "-c", _CHILD, str(folder)], env=env, capture_output=True,
+            proc = subprocess.run([sys.executable, "-c", _CHILD, str(folder)], env=env, cwd=code, capture_output=True,
                                   text=True, timeout=900)
             if proc.returncode != 0:
                 rows.append({"sample": name, "kind": kind, "bytes": size, "crashed": proc.stderr.strip()[-400:]})

@@ -249,6 +249,9 @@ class PickleLimits:
     max_payload_bytes: int = 192 * 1024 * 1024
     """Largest pickle stream held in memory (the engine needs it whole); with the simulation's transient copies
     this keeps a scan's peak memory under 512 MiB."""
+    max_literal_bytes: int = 64 * 1024 * 1024
+    """Largest single string or bytes literal the simulation reads (genops materialises each one): a 900 MiB
+    literal in a 3 MB zip member would otherwise be held whole in memory."""
     max_member_bytes: int = 1024 * 1024 * 1024
     """Largest archive member or decompressed stream extracted for analysis (into a temporary file past a few
     MiB, never into memory)."""
@@ -396,6 +399,10 @@ class StreamAnalysis:
     junk_tail: int = 0
     """Bytes after the last complete pickle that do not parse as one and reference nothing; the unpickler
     never reads them, so they are reported as odd, not as a tampered stream."""
+    literal_over_limit: int | None = None
+    """Size of a literal that was over ``max_literal_bytes``: the analysis stopped there (not read to the end)."""
+    literal_limit: int = 0
+    """The ``max_literal_bytes`` in force when that happened."""
     truncated: bool = False
     """The opcode budget ran out."""
     regions: list[tuple[int, int, str]] = field(default_factory=list)
@@ -775,6 +782,36 @@ def _shadow_plain_load(stream: BinaryIO, sim: _Simulator, budget: _Budget) -> No
             kept.call_shapes |= use.call_shapes
 
 
+class _LiteralTooLarge(Exception):
+    """A single read asked for more bytes than ``max_literal_bytes`` (a string or bytes literal)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"a literal of {size} bytes")
+        self.size = size
+
+
+class _BoundedReads:
+    """The stream as genops sees it, refusing any one read above a cap before a byte is read, so no literal a
+    file declares is ever materialised beyond it."""
+
+    def __init__(self, stream: BinaryIO, cap: int) -> None:
+        self._stream, self._cap = stream, cap
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0 or n > self._cap:
+            raise _LiteralTooLarge(n if n is not None and n >= 0 else -1)
+        return self._stream.read(n)
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self._stream.readline(self._cap if limit < 0 else min(limit, self._cap))
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+
 def analyse_stream(stream: BinaryIO, *, limits: PickleLimits = DEFAULT_LIMITS) -> StreamAnalysis:
     """Simulate every pickle concatenated at the start of ``stream`` without executing anything.
 
@@ -783,6 +820,7 @@ def analyse_stream(stream: BinaryIO, *, limits: PickleLimits = DEFAULT_LIMITS) -
     """
     analysis = StreamAnalysis()
     budget = _Budget(limits.max_opcodes)
+    stream = cast(BinaryIO, _BoundedReads(stream, limits.max_literal_bytes))
     start = stream.tell()
     while analysis.pickles < limits.max_pickles_per_stream:
         here = stream.tell()
@@ -797,6 +835,10 @@ def analyse_stream(stream: BinaryIO, *, limits: PickleLimits = DEFAULT_LIMITS) -
             _run_pickle(stream, sim, budget, first_ops)
         except _OutOfOpcodes:
             analysis.truncated = True
+            return analysis
+        except _LiteralTooLarge as exc:
+            analysis.literal_over_limit, analysis.literal_limit = exc.size, limits.max_literal_bytes
+            analysis.error_position = stream.tell() - start
             return analysis
         except Exception as exc:  # noqa: BLE001 - any parse failure is a finding, never a crash
             now = (len(analysis.globals), len(analysis.unresolved_stack_globals), len(analysis.extension_codes),
@@ -1021,6 +1063,12 @@ def _report_own(a: StreamAnalysis, p: Payload, out: _Findings) -> None:
         out.add("static.pickle.resource-limit", Severity.HIGH,
                 "pickle has more opcodes than the analysis budget; the rest was not checked",
                 member=p.member, subject="opcodes")
+    if a.literal_over_limit is not None:
+        out.add("static.pickle.resource-limit", Severity.HIGH,
+                f"pickle declares a literal of {a.literal_over_limit} bytes, over the "
+                f"{a.literal_limit} byte limit on one literal; the rest was not checked",
+                member=p.member, subject="literal", position=(a.error_position or 0) + p.offset,
+                literal_bytes=a.literal_over_limit)
 
 
 _ENGINE_POS = re.compile(r"\(pos (\d+)\)\s*$")

@@ -210,3 +210,26 @@ def test_zip_member_with_an_empty_name_is_scanned_not_a_crash(tmp_path: Path) ->
         zf.writestr(zipfile.ZipInfo(""), ps.os_system_payload())
     findings = scan_one(tmp_path, "pytorch_model.bin", buf.getvalue())
     assert any(f.severity >= Severity.HIGH for f in findings), findings
+
+
+def test_a_huge_literal_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """Issue 17 item 15: a pickle member declaring one 900 MiB bytes literal (a few MB zipped) took the scan
+    to 933 MiB, because the opcode reader materialises each literal. The read is refused above the cap (here
+    lowered, with the engine's in-memory cap, so that only the member's spooled copy stays in memory)."""
+    size = 32 * 1024 * 1024
+    member = b"\x80\x04\x8e" + size.to_bytes(8, "little") + b"\x00" * size + b"."  # PROTO 4, BINBYTES8
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/data.pkl", member)
+        zf.writestr("archive/version", "3\n")
+    data = buf.getvalue()
+    del member, buf
+    limits = PickleLimits(max_literal_bytes=1024 * 1024, max_payload_bytes=16 * 1024 * 1024)
+    tracemalloc.start()
+    try:
+        findings = scan_one(tmp_path, "pytorch_model.bin", data, limits=limits)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert any(f.rule_id == "static.pickle.resource-limit" and f.severity is Severity.HIGH for f in findings)
+    assert peak < 16 * 1024 * 1024, f"peak {peak} bytes: the literal was read"
