@@ -34,7 +34,6 @@ MIB = 1024 * 1024
 _CHILD = r"""
 import json, sys, time
 from pathlib import Path
-from modelaudit.registry import load_plugins
 from modelaudit.static.base import StaticContext, run_static_checks
 from modelaudit.target import inventory
 def hwm_kib():
@@ -42,7 +41,15 @@ def hwm_kib():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
-load_plugins()
+# Import the checkout's own static checks (its modules register them) rather than the installed entry
+# points, which may name checks another checkout does not have.
+import importlib, pkgutil
+import modelaudit.static as static_pkg
+import modelaudit.static.base as static_base
+for mod in pkgutil.iter_modules(static_pkg.__path__):
+    importlib.import_module(f"modelaudit.static.{mod.name}")
+import modelaudit.registry as registry
+static_base.load_plugins = registry.load_plugins = lambda: None
 folder = Path(sys.argv[1])
 base_kib = hwm_kib()
 start = time.perf_counter()
