@@ -81,7 +81,7 @@ def _information_uri() -> str:
         entries = metadata(DISTRIBUTION).get_all("Project-URL") or []
     except PackageNotFoundError:
         entries = []
-    urls = {}
+    urls: dict[str, str] = {}
     for entry in entries:
         label, _, url = entry.partition(",")
         urls.setdefault(label.strip().lower(), url.strip())
@@ -140,7 +140,7 @@ def _anchor(report: Report) -> str | None:
     if ANCHOR_FILE in paths:
         return ANCHOR_FILE
     weights = [e.path for e in report.target.files if e.content_type in ANCHOR_WEIGHT_TYPES]
-    return (weights or paths or [None])[0]
+    return next(iter(weights or paths), None)
 
 
 def _artifact(path: str, artifact_index: dict[str, int], prefix: str | None) -> dict[str, Any]:

@@ -12,13 +12,14 @@ import pytest
 from click.testing import CliRunner
 
 from modelaudit.cli import main
+from modelaudit.errors import UsageError
 from modelaudit.findings import Severity
 from modelaudit.registry import load_plugins
 from modelaudit.rulebook import catalogue, catalogue_text, declared_rules, lookup
-from modelaudit.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_PACKAGES = ("modelaudit", "probes", "triggersearch")
+SEVERITIES = {s.value for s in Severity}
 
 
 def test_every_emitted_rule_has_an_entry_and_every_entry_a_rule() -> None:
@@ -69,7 +70,7 @@ def _code_severities() -> dict[str, set[str]]:
                         elif isinstance(n, ast.Name) and n.id in consts:
                             ids.add(consts[n.id])
                         elif isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) \
-                                and n.value.id == "Severity" and n.attr.lower() in Severity._value2member_map_:
+                                and n.value.id == "Severity" and n.attr.lower() in SEVERITIES:
                             sevs.add(n.attr.lower())
                 if len(ids) == 1 and sevs:
                     found.setdefault(ids.pop(), set()).update(sevs)
