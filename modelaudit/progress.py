@@ -53,17 +53,21 @@ _active: ContextVar[StageReporter | None] = ContextVar("modelaudit_stage_reporte
 
 
 class LogReporter:
-    """One line per stage start and finish through the ``modelaudit`` logger (INFO); steps are not logged,
-    so a piped log gets no frames."""
+    """One line per stage start and finish through the ``modelaudit`` logger (INFO); of the steps only the
+    first of each kind, at DEBUG (``-v``), so a piped log gets no frames."""
 
     def __init__(self, logger: logging.Logger = LOGGER) -> None:
         self.logger = logger
+        self._what: str | None = None
 
     def stage_started(self, stage: str) -> None:
+        self._what = None
         self.logger.info("stage %s: started", stage)
 
     def step(self, what: str, completed: int, total: int | None) -> None:
-        return None
+        if what != self._what:
+            self._what = what
+            self.logger.debug("  %s (%s steps)", what, "?" if total is None else total)
 
     def stage_finished(self, stage: str, status: str, seconds: float) -> None:
         self.logger.info("stage %s: %s in %.1f s", stage, status, seconds)
@@ -84,9 +88,23 @@ class RichReporter:
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
 
+        from rich.progress import ProgressColumn, Task
+        from rich.text import Text
+
+        class WhenCounted(ProgressColumn):
+            """A column shown only while the stage knows how much work the current step has."""
+
+            def __init__(self, inner: ProgressColumn) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def render(self, task: Task) -> Any:
+                return self.inner.render(task) if task.total is not None else Text("")
+
         self._progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[stage]}[/]"),
-                                  TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+                                  TextColumn("{task.description}"), TimeElapsedColumn(),
+                                  *(WhenCounted(c) for c in (BarColumn(), MofNCompleteColumn(), TextColumn("left"),
+                                                             TimeRemainingColumn())),
                                   console=self.console, transient=True)
         self._task = self._progress.add_task("running", total=None, stage=stage)
         self._progress.start()

@@ -170,7 +170,8 @@ class _Scorer:
     def scores(self, tests: Sequence[Test], idx: Sequence[int], desc: str) -> Scores:
         out: Scores = {}
         chunk = max(1, 256 // max(1, len(idx)))
-        for i in track(range(0, len(tests), chunk), what=f"{desc} ({len(tests)} insertions, batches)", bar=self.progress):
+        what = f"{desc}: {len(tests)} insertions in batches of {chunk}"
+        for i in track(range(0, len(tests), chunk), what=what, bar=self.progress):
             part = tests[i:i + chunk]
             for t, (kl, first) in zip(part, self.engine.score_many(part, idx)):
                 out[t] = kl

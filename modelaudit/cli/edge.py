@@ -126,14 +126,15 @@ def _install_handler(reporter: StageReporter | None) -> None:
     if _handler is not None:
         LOGGER.removeHandler(_handler)
     if isinstance(reporter, RichReporter):
+        from rich.highlighter import NullHighlighter
         from rich.logging import RichHandler
 
-        _handler = RichHandler(console=reporter.console, show_time=False, show_path=False)
+        _handler = RichHandler(console=reporter.console, show_time=False, show_path=False, show_level=False,
+                               highlighter=NullHighlighter())
     else:
         _handler = logging.StreamHandler(sys.stderr)
         _handler.setFormatter(logging.Formatter("modelaudit: %(message)s"))
     LOGGER.addHandler(_handler)
-    LOGGER.propagate = False
 
 
 def info(message: str) -> None:

@@ -29,7 +29,7 @@ from reports.output import render
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-FORMAT_HELP = "Output format (console, json, sarif, html, markdown, junit, or a plugin writer)."
+FORMAT_HELP = "Report format (every registered writer, plugins included)."
 OUTPUT_HELP = ("Write the report here (atomically); '-' is standard output. With several targets, one file per "
                "target: the target's name goes before the suffix (-o r.json: r-org--model.json, r-my-model.json).")
 FAIL_ON_HELP = "Exit 1 when a finding is at or above this severity [default: high]."
@@ -117,7 +117,7 @@ def _scan_one(target: str, output: str | None, *, revision: str | None, base: st
     except UsageError:
         raise
     except ModelAuditError as exc:
-        click.echo(f"modelaudit: error: {target}: {exc}", err=True)
+        click.echo(f"modelaudit: error: {exc}", err=True)  # the message names the target
         return EXIT_INCOMPLETE
     _emit(report, fmt, output)
     return exit_code(report, config.policy)
@@ -213,8 +213,8 @@ def triggers(target: str, budget: str, candidates: tuple[str, ...], placements: 
               "re-scored bench); scan only the models that have none.")
 def bench(zoo_dir: str, stages: str | None, budget: str, output: str, resume: bool) -> None:
     """Scan every model of a built zoo blind, then score the scans against its truth manifests."""
-    result = run_bench(zoo_dir, stages=",".join(parse_stages(stages)), budget=budget, progress=True, reports_dir=f"{output}-reports",
-                       resume=resume)
+    result = run_bench(zoo_dir, stages=",".join(parse_stages(stages)), budget=budget, progress=not settings().quiet,
+                       reports_dir=f"{output}-reports", resume=resume)
     write_output(f"{output}.json", json.dumps(result.to_dict(), indent=2) + "\n")
     md = to_markdown(result)
     write_output(f"{output}.md", md)
@@ -253,5 +253,5 @@ def _emit(report: Report, fmt: str, output: str | None) -> None:
 def demo(workdir: str) -> None:
     """Build example models with known ground truth, scan them and show the reports."""
     run_demo(workdir, console=Console(width=None if sys.stdout.isatty() else 120),
-             config=ScanConfig(stages=stage_names()))
+             config=ScanConfig(stages=stage_names(), progress=settings().reporter))
 

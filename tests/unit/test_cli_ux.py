@@ -91,6 +91,24 @@ def test_track_reports_steps_of_a_known_amount_to_the_running_stage() -> None:
     assert list(track(range(2), what="no stage")) == [0, 1]  # no reporter: nothing to tell, nothing drawn
 
 
+def test_piped_lines_name_each_loop_once_under_verbose() -> None:
+    logger = logging.getLogger("modelaudit.test-ux")
+    logger.setLevel(logging.DEBUG)
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        with stage_progress(LogReporter(logger), "triggers") as run:
+            for what in ("screening", "controls"):
+                list(track(range(50), what=what))
+            run.status = "ran"
+    finally:
+        logger.removeHandler(handler)
+    assert records[:-1] == ["stage triggers: started", "  screening (50 steps)", "  controls (50 steps)"]
+    assert records[-1].startswith("stage triggers: ran in ")
+
+
 def test_a_terminal_gets_a_live_display_and_a_pipe_gets_lines() -> None:
     master, slave = pty.openpty()
     with os.fdopen(slave, "w") as tty:
@@ -178,7 +196,8 @@ def test_format_and_fail_on_are_choices_and_hub_options_are_everywhere() -> None
     for command in (scan, triggers, diff):
         params = {p.name: p for p in command.params}
         assert list(params["fmt"].type.choices) == writers.names(), command.name  # type: ignore[attr-defined]
-        assert list(params["fail_on"].type.choices) == ["info", "low", "medium", "high", "critical"]  # type: ignore[attr-defined]
+        severities = list(params["fail_on"].type.choices)  # type: ignore[attr-defined]
+        assert severities == ["info", "low", "medium", "high", "critical"]
     for command in (scan, triggers, diff, probe):
         assert {"revision", "cache_dir", "offline"} <= {p.name for p in command.params}, command.name
     code, _, err = _run("scan", "x", "--fail-on", "severe")
