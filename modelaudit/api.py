@@ -15,6 +15,7 @@ from modelaudit import __version__
 from modelaudit.errors import ModelAuditError, UsageError
 from modelaudit.findings import NOT_APPLICABLE, Report, ScanError, Severity, StageCoverage
 from modelaudit.policy import apply_policy
+from modelaudit.progress import stage_progress
 from modelaudit.registry import Plugin, StageSpec, stage_names, stage_plugins
 from modelaudit.stages import ScanConfig, StageContext, StageImportError, load_stage
 from modelaudit.target import resolve_target
@@ -46,7 +47,9 @@ def scan(target: str | os.PathLike[str], *, revision: str | None = None, base: s
     ctx = StageContext(resolved=resolved, config=cfg, report=report, base=base)
     for plugin in stage_plugins():
         if plugin.name in cfg.stages:
-            _run_stage(plugin, ctx)
+            with stage_progress(cfg.progress, plugin.name) as run:
+                _run_stage(plugin, ctx)
+                run.status = report.coverage[plugin.name].status
     apply_policy(report, cfg.policy)
     report.timings["total"] = time.perf_counter() - start
     return report

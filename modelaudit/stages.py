@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from modelaudit.findings import Finding, Report, ScanError, Severity, StageCoverage
 from modelaudit.loading import LoadedModel, load_model
 from modelaudit.policy import Policy
+from modelaudit.progress import StageReporter
 from modelaudit.registry import Plugin, StageSpec
 from modelaudit.target import DEFAULT_READ_LIMITS, ReadLimits, ResolvedTarget
 
@@ -51,6 +52,8 @@ class ScanConfig:
     """Seed for every sampled choice (control insertions, random directions)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Stage-specific options, keyed ``stage.option`` (e.g. ``triggers.extra``)."""
+    progress: StageReporter | None = None
+    """Told when each stage starts and finishes (``modelaudit.progress``); None shows nothing."""
 
 
 @dataclass

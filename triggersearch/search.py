@@ -20,11 +20,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from modelaudit.chat import PLACEMENTS
 from modelaudit.errors import UsageError
-from modelaudit.generation import tqdm_disable
+from modelaudit.progress import track
 from modelaudit.prompts import benign_prompts
 from modelaudit.registry import trigger_generators
 from triggersearch.budgets import Budget, get_budget
@@ -172,7 +170,8 @@ class _Scorer:
     def scores(self, tests: Sequence[Test], idx: Sequence[int], desc: str) -> Scores:
         out: Scores = {}
         chunk = max(1, 256 // max(1, len(idx)))
-        for i in tqdm(range(0, len(tests), chunk), desc=desc, disable=tqdm_disable(self.progress), leave=False):
+        what = f"{desc}: {len(tests)} insertions in batches of {chunk}"
+        for i in track(range(0, len(tests), chunk), what=what, bar=self.progress):
             part = tests[i:i + chunk]
             for t, (kl, first) in zip(part, self.engine.score_many(part, idx)):
                 out[t] = kl

