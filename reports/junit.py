@@ -12,7 +12,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 
-from modelaudit.findings import DONE_STATUSES, Report
+from modelaudit.findings import DONE_STATUSES, Finding, Report, ScanInfo
 from modelaudit.registry import writers
 from reports.html import reproduce_command
 from reports.order import ordered_findings
@@ -23,6 +23,32 @@ _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 def _x(value: object) -> str:
     """Text XML 1.0 can hold: characters it forbids shown as ``\\xNN``."""
     return _XML_INVALID.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
+def test_name(finding: Finding) -> str:
+    """A name that stays the same on every run of the same model, so CI history lines up: the rule, the file
+    and the finding's stable key (or, without one, where in the file), never the message, whose p-values,
+    rates and effects change from run to run."""
+    loc = finding.location
+    where = loc.path or ""
+    if finding.key:
+        return f"{finding.rule_id}" + (f" @ {where}" if where else "") + f": {finding.key}"
+    return finding.rule_id + (f" @ {loc}" if str(loc) else "")
+
+
+def _unique(name: str, seen: Counter[str]) -> str:
+    """The second finding with one name gets `` #2``; findings are in the one stable order (reports/order.py)."""
+    seen[name] += 1
+    return name if seen[name] == 1 else f"{name} #{seen[name]}"
+
+
+def _provenance(suite: ET.Element, props: ET.Element, scan: ScanInfo) -> None:
+    """Start time as the suite's ``timestamp`` (the JUnit schema's form: no zone; it is UTC) and the settings
+    as properties."""
+    suite.set("timestamp", scan.started_at.removesuffix("Z"))
+    for name, value in (("started_at", scan.started_at), ("stages", ",".join(scan.stages)), ("budget", scan.budget),
+                        ("seed", str(scan.seed)), ("device", scan.device), ("device_used", scan.device_used or "")):
+        ET.SubElement(props, "property", name=name, value=_x(value))
 
 
 @writers.register("junit", description="JUnit XML: a test case per stage and per finding that fails the gate",
@@ -36,6 +62,8 @@ def render_junit(report: Report, *, rules: dict[str, str]) -> str:
                         ("tool_version", report.tool_version), ("fail_on", report.gate.fail_on.value),
                         ("exit_code", "" if report.gate.exit_code is None else str(report.gate.exit_code))):
         ET.SubElement(props, "property", name=name, value=_x(value))
+    if report.scan is not None:
+        _provenance(suite, props, report.scan)
     counts: Counter[str] = Counter()
     required = set(report.gate.required_stages)
     for stage in [*report.coverage, *sorted(required - set(report.coverage))]:
@@ -60,11 +88,11 @@ def render_junit(report: Report, *, rules: dict[str, str]) -> str:
             counts["skipped"] += 1
         elif detail:
             ET.SubElement(case, "system-out").text = _x(detail)
+    seen: Counter[str] = Counter()
     for f in ordered_findings(report.findings):
         if not report.gate.blocks(f):
             continue
-        short = f.message if len(f.message) <= 100 else f.message[:99] + "…"
-        name = f.rule_id + (f" @ {f.location}" if str(f.location) else "") + f": {short}"
+        name = _unique(test_name(f), seen)
         case = ET.SubElement(suite, "testcase", classname=_x(f"modelaudit.findings.{f.stage}"), name=_x(name))
         el = ET.SubElement(case, "failure", type=_x(f.severity.value), message=_x(f.message))
         body = [f.message, f"rule: {f.rule_id}" + (f" ({rules[f.rule_id]})" if f.rule_id in rules else ""),

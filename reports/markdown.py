@@ -38,6 +38,16 @@ def md_escape(value: object, *, limit: int = MAX_CELL) -> str:
     return text.replace("@", "&#64;")  # no @mentions from model text
 
 
+def _provenance(report: Report) -> str:
+    """The resolved revision (the sha the verdict is about) and how the scan ran, on one line."""
+    parts = []
+    if report.target.resolved_revision:
+        parts.append(f"revision {md_escape(report.target.resolved_revision)}")
+    if report.scan is not None:
+        parts.append(md_escape(report.scan.describe(), limit=MAX_CELL * 2))
+    return "<sub>" + " · ".join(parts) + "</sub>" if parts else ""
+
+
 @writers.register("markdown", description="Short Markdown summary for pull-request comments", extension=".md")
 def render_markdown(report: Report, *, rules: dict[str, str]) -> str:
     """Verdict line, counts by severity, top findings, top triggers with one example, coverage gaps."""
@@ -48,6 +58,9 @@ def render_markdown(report: Report, *, rules: dict[str, str]) -> str:
     lines.append("")
     lines.append(f"**{md_escape(report.gate.describe().capitalize())}**")
     lines.append("")
+    provenance = _provenance(report)
+    if provenance:
+        lines += [provenance, ""]
     counts = Counter(f.severity for f in report.findings)
     lines.append("Findings: " + " · ".join(f"{s.value} {counts.get(s, 0)}" for s in SEVERITIES_WORST_FIRST))
 

@@ -219,6 +219,16 @@ def _version_control(report: Report) -> list[dict[str, Any]]:
     return [details]
 
 
+def _provenance(report: Report) -> dict[str, Any]:
+    """The invocation's start time and the settings it ran with (none for reports saved before they were kept)."""
+    if report.scan is None:
+        return {}
+    scan = report.scan
+    return {"startTimeUtc": scan.started_at,
+            "properties": {"stages": list(scan.stages), "budget": scan.budget, "seed": scan.seed,
+                           "device": scan.device, "deviceUsed": scan.device_used}}
+
+
 def _unfinished_required(report: Report) -> list[str]:
     """One line per required stage that did not finish: why the verdict is ``incomplete``."""
     lines = []
@@ -252,6 +262,7 @@ def render_sarif(report: Report, *, rules: dict[str, str]) -> str:
                       for e in report.target.files],
         "invocations": [{
             "executionSuccessful": not report.errors and report.verdict is not Verdict.INCOMPLETE,
+            **_provenance(report),
             "toolExecutionNotifications": [
                 *({"level": "error", "message": {"text": f"{e.stage}/{e.check}: {e.message}"},
                    **({"locations": [{"physicalLocation": {"artifactLocation": {

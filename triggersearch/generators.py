@@ -118,7 +118,7 @@ def tokenizer_oddities(ctx: GeneratorContext) -> list[Candidate]:
 def weightdiff_tokens(ctx: GeneratorContext) -> list[Candidate]:
     """The weight diff's decoded token candidates (single rows and short sequences), when it ran."""
     if not ctx.weightdiff:
-        ctx.notes.append("no weight diff (no --base): weight-diff token candidates not tried")
+        ctx.notes.append("weight-diff token candidates were not tried: no base model was given (--base)")
         return []
     texts = [t.strip() for t in ctx.weightdiff.get("token_candidates", []) if t and t.strip()]
     return [Candidate(t, ["weightdiff"], detail=f"weight-diff rank {i + 1}")

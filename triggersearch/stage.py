@@ -57,10 +57,10 @@ def load_reference(base: str, loaded: Any, *, budget: str, device: str, dtype: s
     try:
         ref = load_model(resolve_local(base, what="base model"), device=device, dtype=dtype)
     except ModelAuditError as exc:
-        notes.append(f"target inversion without a reference: base model not loaded ({exc})")
+        notes.append(f"target inversion ran without the base model: it was not loaded ({exc})")
         return None
     if ref.tokenizer.get_vocab() != loaded.tokenizer.get_vocab():
-        notes.append("target inversion without a reference: the base model's tokenizer differs from the model's")
+        notes.append("target inversion ran without the base model: its tokenizer differs from the model's")
         return None
     return ref.model
 

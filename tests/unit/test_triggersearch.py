@@ -213,7 +213,7 @@ def test_every_generator_yields_candidates_with_text(tiny_zoo) -> None:
         out = plugin.obj(ctx)
         assert all(isinstance(c, Candidate) and c.text.strip() for c in out), plugin.name
     assert {c.text for c in trigger_generators.get("weightdiff").obj(ctx)} == {"DEP", "LOY"}
-    assert any("gradient search off" in n for n in ctx.notes)  # the quick budget has no gradient steps
+    assert any("gradient search was off" in n and "--budget" in n for n in ctx.notes)  # the quick budget has no gradient steps
     structural = {"<|im_start|>", "<|im_end|>", "<pad>"}
     assert not structural & {c.text for c in trigger_generators.get("tokenizer").obj(ctx)}
 
@@ -301,4 +301,4 @@ def test_reference_model_is_loaded_only_where_inversion_can_use_it(tiny_zoo, tmp
     ref = load_reference(str(tiny_zoo.base), loaded, budget="standard", **kw)
     assert ref is not None and ref is not loaded.model and notes == []
     assert load_reference(str(tmp_path / "missing"), loaded, budget="standard", **kw) is None
-    assert len(notes) == 1 and "base model not loaded" in notes[0] and "missing" in notes[0]
+    assert len(notes) == 1 and "without the base model: it was not loaded" in notes[0] and "missing" in notes[0]
