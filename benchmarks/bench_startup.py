@@ -104,7 +104,8 @@ def main() -> None:
     args = parser.parse_args()
     result = {"benchmark": "startup", "command": "modelaudit scan TARGET --stages static --format json",
               "target_s": TARGET_S, "cpu_count": os.cpu_count(),
-              "cases": {name: measure(make, args.repeats) for name, make in CASES.items()}}
+              "cases": {name: measure(make, args.repeats) for name, make in CASES.items()},
+              "load_average_after": os.getloadavg()[0]}  # other work on the machine inflates every figure
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
@@ -113,7 +114,8 @@ def main() -> None:
 
 
 def to_markdown(result: dict[str, Any], repeats: int) -> str:
-    lines = [f"# Static-only scan start-up, fresh process per run ({result['cpu_count']} cores)", ""]
+    lines = [f"# Static-only scan start-up, fresh process per run ({result['cpu_count']} cores, "
+             f"load average {result['load_average_after']:.1f} at the end)", ""]
     for name, case in result["cases"].items():
         lines += [f"## {name}", "",
                   f"median {case['median_s']:.3f} s, best {case['best_s']:.3f} s over {repeats} runs "
