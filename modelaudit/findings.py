@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import html
 from dataclasses import dataclass, field
 from typing import Any
+
+from modelaudit import registry
+from modelaudit.errors import UsageError
 
 SCHEMA_VERSION = "1.0"
 
@@ -325,6 +329,46 @@ class Report:
             sections={k: v for k, v in data.items() if k not in _CORE_KEYS},
             scan=ScanInfo.from_dict(scan) if isinstance(scan, dict) else None,
         )
+
+    # --- rendering (the Python API's view of the CLI's output formats) ---------------------------------
+    # Through the writer registry (writers are plugins loaded by entry point), so this module never
+    # imports ``reports`` and a plugin's format is as available here as on the command line.
+
+    _NOTEBOOK_FRAME_HEIGHT_PX = 720
+    """Height of the notebook frame around the HTML report (about one screen; the page scrolls in it)."""
+
+    def render(self, fmt: str) -> str:
+        """This report as the text of one output format: ``console``, ``json``, ``sarif``, ``html``,
+        ``markdown``, ``junit`` or a plugin writer's name (what ``--format`` accepts).
+
+        Raises:
+            UsageError: no writer is registered under ``fmt``.
+        """
+        known = registry.writers.names()
+        if fmt not in known:
+            raise UsageError(f"unknown format {fmt!r} (known: {', '.join(known)})")
+        text: str = registry.writers.get(fmt).obj(self, rules=registry.rule_descriptions())
+        return text
+
+    def to_json(self) -> str:
+        """The JSON report (the stable contract of ``--format json``)."""
+        return self.render("json")
+
+    def to_sarif(self) -> str:
+        """SARIF 2.1.0, for code-scanning uploads."""
+        return self.render("sarif")
+
+    def to_html(self) -> str:
+        """The self-contained HTML page (inline CSS and plots, no network request)."""
+        return self.render("html")
+
+    def _repr_html_(self) -> str:
+        """The HTML report in a notebook cell, framed: the page's own styles (``body``, tables) would
+        otherwise restyle the whole notebook. ``sandbox`` lets the frame run nothing (the page has no
+        script; model text in it is escaped already)."""
+        page = html.escape(self.to_html(), quote=True)
+        return (f'<iframe srcdoc="{page}" sandbox style="width: 100%; height: {self._NOTEBOOK_FRAME_HEIGHT_PX}px; '
+                f'border: 1px solid #ccc"></iframe>')
 
 
 _CORE_KEYS = frozenset({"schema_version", "tool", "tool_version", "verdict", "target", "findings", "errors",

@@ -177,3 +177,18 @@ def stage_names() -> tuple[str, ...]:
 def stages_with_evidence(evidence: Evidence) -> set[str]:
     """Names of the stages whose findings carry this kind of evidence."""
     return {p.name for p in stages if p.obj.evidence is evidence}
+
+
+def rule_descriptions() -> dict[str, str]:
+    """Rule id -> short description, from every plugin of every registry.
+
+    Gathered here, not in the writers, so that writers stay pure renderers and a plugin's rules
+    reach SARIF without the writer knowing which registries exist. The first declaration of a rule
+    id wins (registries and plugins are visited in a fixed order, so the result is deterministic).
+    """
+    rules: dict[str, str] = {}
+    for reg in [value for value in globals().values() if isinstance(value, Registry)]:
+        for plugin in reg:
+            for rule_id, text in plugin.rules.items():
+                rules.setdefault(rule_id, text)
+    return rules

@@ -19,7 +19,7 @@ from modelaudit.findings import Finding, Report, ScanError, Severity, StageCover
 from modelaudit.loading import LoadedModel, load_model
 from modelaudit.policy import Policy
 from modelaudit.progress import StageReporter
-from modelaudit.registry import Plugin, StageSpec
+from modelaudit.registry import Plugin, StageSpec, stage_names
 from modelaudit.target import DEFAULT_READ_LIMITS, ReadLimits, ResolvedTarget
 
 BUDGETS = ("quick", "standard", "deep")
@@ -32,8 +32,10 @@ class ScanConfig:
 
     policy: Policy = field(default_factory=Policy)
     """Fail-on level, allow-list and required stages."""
-    stages: tuple[str, ...] = ("static",)
-    """Stages to run (they run in the registry's order, not in this tuple's)."""
+    stages: tuple[str, ...] = field(default_factory=stage_names)
+    """Stages to run (they run in the registry's order, not in this tuple's). The default is every
+    registered stage, as for the CLI's ``scan``: a library caller who leaves it out gets the same answer
+    as the command line, never a static-only ``pass`` for a model whose behaviour was not checked."""
     cache_dir: str | None = None
     """Hugging Face cache folder (default: the hub's own default / HF_HUB_CACHE)."""
     offline: bool | None = None

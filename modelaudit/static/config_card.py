@@ -6,17 +6,20 @@ weight diff compares against the claimed base model (``claimed_base_model``), th
 is read. A card that names one base while config.json names another is a provenance lie worth a look.
 
 Transformers is consulted only for its *name tables* (``CONFIG_MAPPING_NAMES`` and the auto-model mapping
-names): no config or model class is instantiated.
+names), read from its source files: nothing of transformers is imported or run, so the static checks never
+pay for torch.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
+import importlib.util
 import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from modelaudit.findings import Finding, Location, Severity
@@ -84,34 +87,178 @@ _CARD_BODY_CLAIMS = (
 
 
 # --------------------------------------------------------------------------------------------------
-# transformers name tables (no class is imported or instantiated)
+# transformers name tables, read from its source (no class is imported or instantiated)
+#
+# Importing ``transformers.models.auto`` imports torch: about 2.7 s on two cores, five times a whole static
+# scan, for two tables of names. The tables are plain literals in the installed transformers' source
+# (``OrderedDict([...])``, ``.update({...})``), so they are read from there with ``ast``; nothing of
+# transformers runs. A layout this reader does not know gives None, and the check then skips the name test
+# (as it does when transformers is missing), never a false "unknown model type".
+
+AUTO_TABLE_FILES = ("auto_mappings.py", "configuration_auto.py", "modeling_auto.py")
+"""Files of ``transformers/models/auto`` that define the ``*_MAPPING_NAMES`` tables, in import order
+(a later file builds on an earlier file's tables, as the modules do)."""
+
+TABLE_SUFFIX = "MAPPING_NAMES"
+CONFIG_TABLE = "CONFIG_MAPPING_NAMES"
+
+
+class _NotLiteral(ValueError):
+    """A table statement this reader cannot evaluate without running code."""
+
+
+def _transformers_auto_dir() -> Path | None:
+    """``transformers/models/auto`` of the installed transformers; ``find_spec`` of a top-level name locates
+    the package without importing it."""
+    try:
+        spec = importlib.util.find_spec("transformers")
+    except (ImportError, ValueError):
+        return None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        folder = Path(location) / "models" / "auto"
+        if folder.is_dir():
+            return folder
+    return None
+
+
+def _literal(node: ast.expr) -> Any:
+    """A Python literal (strings, tuples, lists, dicts); anything else is not read."""
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
+        raise _NotLiteral(str(exc)) from None
+
+
+def _table_named(node: ast.expr, tables: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A table read earlier, named as ``NAME``, ``NAME.items()`` or ``list(NAME.items())``."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "list" \
+            and len(node.args) == 1:
+        node = node.args[0]
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "items" \
+            and not node.args:
+        node = node.func.value
+    if isinstance(node, ast.Name) and node.id in tables:
+        return dict(tables[node.id])
+    raise _NotLiteral(ast.dump(node)[:200])
+
+
+def _literal_pairs(node: ast.expr, tables: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A dict literal, a list of pairs (``*OTHER.items()`` splices another table in), or a table's name."""
+    if isinstance(node, ast.Name):
+        return _table_named(node, tables)
+    if isinstance(node, (ast.List, ast.Tuple)) and any(isinstance(e, ast.Starred) for e in node.elts):
+        pairs: dict[str, Any] = {}
+        for element in node.elts:
+            if isinstance(element, ast.Starred):
+                pairs.update(_table_named(element.value, tables))
+            else:
+                pairs.update([_literal(element)])
+        return pairs
+    value = _literal(node)
+    try:
+        return dict(value)
+    except (TypeError, ValueError) as exc:
+        raise _NotLiteral(str(exc)) from None
+
+
+def _table_call(node: ast.expr, tables: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``OrderedDict(...)`` / ``dict(...)`` (also ``OrderedDict[str, str](...)``) or a literal, evaluated as
+    Python would: positional pairs first, then keyword and ``**`` entries in order."""
+    if not isinstance(node, ast.Call):
+        return _literal_pairs(node, tables)
+    func = node.func.value if isinstance(node.func, ast.Subscript) else node.func
+    if not (isinstance(func, ast.Name) and func.id in ("OrderedDict", "dict")) or len(node.args) > 1:
+        raise _NotLiteral(ast.dump(node.func))
+    table = _literal_pairs(node.args[0], tables) if node.args else {}
+    for keyword in node.keywords:
+        if keyword.arg is None:
+            table.update(_literal_pairs(keyword.value, tables))
+        else:
+            table[keyword.arg] = _literal(keyword.value)
+    return table
+
+
+def _apply_statement(stmt: ast.stmt, tables: dict[str, dict[str, Any]]) -> None:
+    """Apply one top-level statement that builds or changes a ``*_MAPPING_NAMES`` table."""
+    if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+        if len(targets) == 1 and isinstance(targets[0], ast.Name) and targets[0].id.endswith(TABLE_SUFFIX) \
+                and stmt.value is not None:
+            tables[targets[0].id] = _table_call(stmt.value, tables)
+        elif len(targets) == 1 and isinstance(targets[0], ast.Subscript) \
+                and isinstance(targets[0].value, ast.Name) and targets[0].value.id in tables and stmt.value:
+            tables[targets[0].value.id][_literal(targets[0].slice)] = _literal(stmt.value)
+    elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
+        call = stmt.value
+        if isinstance(call.func, ast.Attribute) and call.func.attr == "update" \
+                and isinstance(call.func.value, ast.Name) and call.func.value.id in tables:
+            for arg in call.args:
+                tables[call.func.value.id].update(_literal_pairs(arg, tables))
+
+
+def _names_in(tree: ast.Module) -> set[str]:
+    """``*_MAPPING_NAMES`` tables a module defines or imports: what ``dir()`` of the module would list."""
+    names: set[str] = set()
+    for stmt in tree.body:
+        if isinstance(stmt, ast.ImportFrom):
+            names.update(a.asname or a.name for a in stmt.names if (a.asname or a.name).endswith(TABLE_SUFFIX))
+        elif isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name) and t.id.endswith(TABLE_SUFFIX))
+    return names
+
+
+@dataclass(frozen=True)
+class AutoTables:
+    """transformers' auto name tables as its modules would hold them after import."""
+
+    tables: dict[str, dict[str, Any]]
+    """Table name -> its final contents."""
+    modeling_names: frozenset[str]
+    """The tables ``modeling_auto`` defines or imports (the architecture table is built from these)."""
 
 
 @functools.lru_cache(maxsize=1)
+def _auto_tables() -> AutoTables | None:
+    """Every ``*_MAPPING_NAMES`` table of transformers' auto classes, or None if they cannot be read."""
+    folder = _transformers_auto_dir()
+    if folder is None:
+        return None
+    tables: dict[str, dict[str, Any]] = {}
+    modeling: set[str] = set()
+    try:
+        for name in AUTO_TABLE_FILES:
+            path = folder / name
+            if not path.is_file():
+                continue
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for stmt in tree.body:
+                _apply_statement(stmt, tables)
+            if name == AUTO_TABLE_FILES[-1]:
+                modeling = _names_in(tree) & set(tables)
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError, TypeError, RecursionError, MemoryError):
+        return None  # an unusual transformers install must not break the scan
+    if CONFIG_TABLE not in tables or not modeling:
+        return None
+    return AutoTables(tables=tables, modeling_names=frozenset(modeling))
+
+
 def known_model_types() -> frozenset[str] | None:
     """``model_type`` names transformers knows, or None if the table cannot be read."""
-    try:
-        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-    except Exception:  # an unusual transformers install must not break the scan
-        return None
-    return frozenset(CONFIG_MAPPING_NAMES)
+    auto = _auto_tables()
+    return frozenset(auto.tables[CONFIG_TABLE]) if auto is not None else None
 
 
 @functools.lru_cache(maxsize=1)
 def architecture_table() -> dict[str, frozenset[str]] | None:
     """Class name -> model_types that map to it, from the auto-model ``*_MAPPING_NAMES`` tables."""
-    try:
-        from transformers.models.auto import modeling_auto
-    except Exception:
+    auto = _auto_tables()
+    if auto is None:
         return None
     table: dict[str, set[str]] = {}
-    for name in dir(modeling_auto):
-        if not name.endswith("MAPPING_NAMES"):
-            continue
-        mapping = getattr(modeling_auto, name)
-        if not isinstance(mapping, dict):
-            continue
-        for model_type, classes in mapping.items():
+    for name in sorted(auto.modeling_names):
+        for model_type, classes in auto.tables[name].items():
             for cls in (classes if isinstance(classes, (tuple, list)) else (classes,)):
                 if isinstance(cls, str):
                     table.setdefault(cls, set()).add(str(model_type))
