@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -53,9 +54,20 @@ def report_options(command: F) -> F:
         click.option("--format", "fmt", type=FORMAT_CHOICE, default="console", show_default=True, help=FORMAT_HELP),
         click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True), help=OUTPUT_HELP),
         click.option("--fail-on", type=SEVERITY_CHOICE, default=None, help=FAIL_ON_HELP),
+        click.option("--sarif-root", type=click.Path(file_okay=False), expose_value=False, callback=_sarif_root,
+                     help="Repository root that SARIF file URIs are relative to [default: MODELAUDIT_SARIF_ROOT, "
+                          "else the working directory when the model is inside it]."),
     ]):
         command = option(command)
     return command
+
+
+def _sarif_root(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    """The SARIF writer reads its root from the environment, so every command that renders gets it alike."""
+    if value:
+        from reports.sarif import SARIF_ROOT_ENV
+
+        os.environ[SARIF_ROOT_ENV] = str(Path(value).resolve())
 
 
 def parse_stages(text: str | None) -> tuple[str, ...]:

@@ -184,3 +184,24 @@ def test_information_uri_is_the_configured_repository(monkeypatch: pytest.Monkey
     meta["Project-URL"] = "Repository, https://example.org/modelaudit"
     monkeypatch.setattr(sarif, "metadata", lambda name: meta)
     assert _run(report)["tool"]["driver"]["informationUri"] == "https://example.org/modelaudit"
+
+
+def test_cli_sarif_root_option_makes_uris_repository_relative(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from modelaudit.cli import main
+
+    monkeypatch.delenv(ROOT_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    repo = tmp_path / "repo"
+    model = _model(repo / "models" / "m")
+    out = tmp_path / "r.sarif"
+    result = CliRunner().invoke(main, ["scan", str(model), "--stages", "static", "--format", "sarif", "-o", str(out),
+                                       "--sarif-root", str(repo)])
+    assert result.exit_code in (0, 1, 3), result.output
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["originalUriBaseIds"]["SRCROOT"] == {"uri": repo.resolve().as_uri() + "/"}
+    assert all(r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"].startswith("models/m/")
+               for r in run["results"])
+    os.environ.pop(ROOT_ENV, None)  # the option sets it for the process; leave none behind for other tests
