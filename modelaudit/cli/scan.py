@@ -25,6 +25,7 @@ from modelaudit.registry import stage_names, trigger_generators
 from modelaudit.stages import BUDGETS
 from reports.console import print_report
 from reports.output import render
+from reports.sarif import SARIF_ROOT_ENV
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,8 +64,6 @@ def report_options(command: F) -> F:
 def _sarif_root(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
     """The SARIF writer reads its root from the environment, so every command that renders gets it alike."""
     if value:
-        from reports.sarif import SARIF_ROOT_ENV
-
         os.environ[SARIF_ROOT_ENV] = str(Path(value).resolve())
 
 
