@@ -427,7 +427,10 @@ def test_cli_json_contract_and_exit_codes(families: dict, tmp_path: Path) -> Non
     assert res.output.strip().startswith("modelaudit: error:") and len(res.output.strip().splitlines()) == 1
     narrow = build_tiny_model(tmp_path / "narrow", corpus=_corpus(), hidden_size=32)
     res = runner.invoke(diff_cmd, [str(narrow), str(fam["base"]), "--format", "json"])
-    assert res.exit_code == 3 and "architectures do not match" in res.output
+    # diff runs the scan's weights stage: an architecture that does not match is its provenance answer
+    # (not derived, a finding, exit 1), the same as `scan --base`, not a broken run
+    assert res.exit_code == 1 and "architectures do not match" in res.output, res.output
+    assert json.loads(res.output)["provenance"]["verdict"] == "not-derived"
     res = runner.invoke(diff_cmd, [str(fam["clean"]), str(fam["base"]), "--format", "sarif"])
     assert res.exit_code == 2
 
