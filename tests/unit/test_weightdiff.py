@@ -431,7 +431,9 @@ def test_cli_json_contract_and_exit_codes(families: dict, tmp_path: Path) -> Non
     # (not derived, a finding, exit 1), the same as `scan --base`, not a broken run
     assert res.exit_code == 1 and "architectures do not match" in res.output, res.output
     assert json.loads(res.output)["provenance"]["verdict"] == "not-derived"
-    res = runner.invoke(diff_cmd, [str(fam["clean"]), str(fam["base"]), "--format", "sarif"])
+    res = runner.invoke(diff_cmd, [str(fam["clean"]), str(fam["base"]), "--format", "sarif"])  # the scan report
+    assert res.exit_code in (0, 1) and json.loads(res.output)["version"] == "2.1.0", res.output
+    res = runner.invoke(diff_cmd, [str(fam["clean"]), str(fam["base"]), "--format", "xml"])
     assert res.exit_code == 2
 
 
