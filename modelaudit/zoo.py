@@ -116,19 +116,38 @@ def _build_base(base: dict[str, Any], outdir: Path, progress: bool) -> tuple[Pat
     raise UsageError(f"unknown zoo base kind {kind!r}; expected tiny, smollm2 or path")
 
 
+def with_seed(data: dict[str, Any], seed: int) -> dict[str, Any]:
+    """A copy of a spec whose every seed (a tiny base's, the defaults', each model's) is shifted by ``seed``.
+
+    Why shift, not replace: seed 0 is then the spec itself, and seeds a spec keeps apart stay apart. Another
+    seed trains other weights from the same recipe, as another machine's float path does, so detection
+    claims and benchmarks can be measured over several (``tests/unit/test_seeds.py``, ``benchmarks/bench_seeds.py``).
+    """
+    base = dict(data["base"])
+    if base.get("kind", "path") == "tiny":
+        base["seed"] = int(base.get("seed", 0)) + seed
+    defaults = dict(data.get("defaults", {}))
+    defaults["seed"] = int(defaults.get("seed", 0)) + seed
+    models = [{**m, "seed": int(m["seed"]) + seed} if "seed" in m else dict(m) for m in data["models"]]
+    return {**data, "base": base, "defaults": defaults, "models": models}
+
+
 def build_zoo(spec: str | Path | dict[str, Any], outdir: str | Path, *, progress: bool = False,
-              only: list[str] | None = None, device: str | None = None) -> ZooResult:
+              only: list[str] | None = None, device: str | None = None, seed: int | None = None) -> ZooResult:
     """Build every model of ``spec`` (and a clean twin of each, unless ``clean_twins`` is false) in ``outdir``.
 
     ``device`` overrides the spec's (default auto). Why pin it: a GPU trains under bf16 autocast, so the
     same spec and seed give other models there than on a CPU; test fixtures with known ground truth pin
-    ``cpu`` so every machine builds the models their assertions were measured on.
+    ``cpu`` so every machine builds the models their assertions were measured on. ``seed`` shifts every
+    seed of the spec (``with_seed``; 0 or None: the spec's own).
 
     Layout: ``outdir/base/`` (tiny bases), ``outdir/<name>/`` model folders, ``outdir/<name>.truth.json``
     beside each, and ``outdir/zoo.json`` listing them.
     """
     start = time.perf_counter()
     data = load_spec(spec)
+    if seed:
+        data = with_seed(data, seed)
     out = Path(outdir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     base, base_ref = _build_base(data["base"], out, progress)
@@ -158,7 +177,7 @@ def build_zoo(spec: str | Path | dict[str, Any], outdir: str | Path, *, progress
     result.manifest_path = out / "zoo.json"
     if only:  # a partial rebuild keeps the models built earlier (a SmolLM2 zoo is built in sittings)
         entries = _kept_entries(result.manifest_path, {str(e["name"]) for e in entries}) + entries
-    manifest = {"spec": data.get("name"), "base": str(base), "seconds": round(result.seconds, 2), "models": entries}
+    manifest = {"spec": data.get("name"), "seed": seed or 0, "base": str(base), "seconds": round(result.seconds, 2), "models": entries}
     result.manifest_path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return result
 
