@@ -11,7 +11,7 @@ import click
 
 from modelaudit.api import ScanConfig
 from modelaudit.api import scan as run_scan
-from modelaudit.cli.edge import STDOUT, ModelAuditCommand, info, settings, write_output
+from modelaudit.cli.edge import ModelAuditCommand, emit_text, settings
 from modelaudit.cli.scan import hub_options, report_options
 from modelaudit.errors import StageError
 from modelaudit.policy import EXIT_FINDINGS, EXIT_PASS, Policy, exit_code, parse_severity
@@ -47,7 +47,7 @@ def diff(model: str, base: str, reference: str | None, revision: str | None, cac
                       config=ScanConfig(policy=policy, stages=("weights",), cache_dir=cache_dir, offline=offline,
                                         device=device, options=options, progress=settings().reporter))
     if fmt not in OWN_FORMATS:
-        _write(render(report, fmt), output, f"{report.verdict.value}: report written to {output}")
+        emit_text(render(report, fmt), output, f"{report.verdict.value}: report written to {output}")
         sys.exit(exit_code(report, policy))
     data = report.sections.get("weightdiff")
     if data is None:  # the stage failed: its error is the command's
@@ -57,17 +57,8 @@ def diff(model: str, base: str, reference: str | None, revision: str | None, cac
                                   "message": f.message, "location": dataclasses.asdict(f.location),
                                   "evidence": f.evidence} for f in findings]}
     text = json.dumps(data, indent=2, allow_nan=False) + "\n" if fmt == "json" else _console(data, top)
-    _write(text, output, f"derived_from_base={str(data.get('derived_from_base')).lower()}: written to {output}")
+    emit_text(text, output, f"derived_from_base={str(data.get('derived_from_base')).lower()}: written to {output}")
     sys.exit(EXIT_FINDINGS if any(f.severity >= policy.fail_on for f in findings) else EXIT_PASS)
-
-
-def _write(text: str, output: str | None, done: str) -> None:
-    """``text`` to standard output (no ``-o``, or ``-o -``) or atomically to ``output``."""
-    if output and output != STDOUT:
-        write_output(output, text)
-        info(done)
-    else:
-        click.echo(text, nl=False)
 
 
 def _console(data: dict[str, Any], top: int) -> str:

@@ -103,6 +103,16 @@ def fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def emit_text(text: str, output: str | None, done: str) -> None:
+    """``text`` to standard output (no ``-o``, or ``-o -``) or written atomically to ``output``, then the
+    ``done`` line on stderr: the one way every command delivers what it made."""
+    if output and output != STDOUT:
+        write_output(output, text)
+        info(done)
+    else:
+        click.echo(text, nl=False)
+
+
 @dataclass
 class Settings:
     """What the group's options decided for every command: verbosity and the stage progress reporter."""

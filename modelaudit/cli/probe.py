@@ -15,8 +15,7 @@ import click
 from modelaudit.api import ScanConfig
 from modelaudit.api import scan as run_scan
 from modelaudit.chat import PLACEMENTS, PREFIX
-from modelaudit.cli.diff import _write
-from modelaudit.cli.edge import ModelAuditCommand, settings
+from modelaudit.cli.edge import ModelAuditCommand, emit_text, settings
 from modelaudit.cli.scan import hub_options, report_options
 from modelaudit.errors import StageError, UsageError
 from modelaudit.findings import DONE_STATUSES, Report
@@ -60,7 +59,7 @@ def probe(target: str, trigger: str, placement: str, base: str | None, revision:
                                         device=device, seed=seed, options={CANDIDATES_OPTION: [(trigger, placement)]},
                                         progress=settings().reporter))
     if fmt not in OWN_FORMATS:
-        _write(render(report, fmt), output, f"{report.verdict.value}: report written to {output}")
+        emit_text(render(report, fmt), output, f"{report.verdict.value}: report written to {output}")
         sys.exit(exit_code(report, policy))
     results = _probe_results(report, trigger, placement)
     main = results[-1]  # the reference probe when there is one: the stronger method
@@ -69,7 +68,7 @@ def probe(target: str, trigger: str, placement: str, base: str | None, revision:
     data = {**main.to_dict(), "target": str(target), "defection_signal": defection_signal(main),
             "results": [r.to_dict() for r in results]}
     text = json.dumps(data, indent=2, allow_nan=False) + "\n" if fmt == "json" else _console(results)
-    _write(text, output, f"auroc={main.auroc:.3f} (layer {main.best_layer}): written to {output}")
+    emit_text(text, output, f"auroc={main.auroc:.3f} (layer {main.best_layer}): written to {output}")
     sys.exit(exit_code(report, policy))
 
 

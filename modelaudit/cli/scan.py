@@ -16,8 +16,8 @@ from rich.console import Console
 from modelaudit.api import ScanConfig
 from modelaudit.api import scan as run_scan
 from modelaudit.chat import PLACEMENTS
-from modelaudit.cli.edge import (FORMAT_CHOICE, SEVERITY_CHOICE, STDOUT, ModelAuditCommand, info, settings,
-                                 worst_exit, write_output)
+from modelaudit.cli.edge import (FORMAT_CHOICE, SEVERITY_CHOICE, STDOUT, ModelAuditCommand, emit_text, info,
+                                 settings, worst_exit)
 from modelaudit.errors import InvalidModelFileError, ModelAuditError, UsageError
 from modelaudit.findings import Report
 from modelaudit.policy import EXIT_INCOMPLETE, Policy, exit_code, parse_severity
@@ -229,10 +229,7 @@ def report_cmd(report_json: str, fmt: str, output: str | None) -> None:
 
 def _emit(report: Report, fmt: str, output: str | None) -> None:
     """The report on standard output (no ``-o``, or ``-o -``) or written atomically to ``output``."""
-    if output and output != STDOUT:
-        write_output(output, render(report, fmt))
-        info(f"{report.verdict.value}: report written to {output}")
-    elif fmt == "console":
+    if fmt == "console" and (not output or output == STDOUT):
         print_report(report, Console(width=None if sys.stdout.isatty() else 120))
     else:
-        click.echo(render(report, fmt), nl=False)
+        emit_text(render(report, fmt), output, f"{report.verdict.value}: report written to {output}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelaudit.findings import Finding, StageCoverage
-from modelaudit.registry import Evidence, StageSpec, register_stage, static_checks
+from modelaudit.registry import Evidence, StageSpec, register_stage
 from modelaudit.stages import StageContext, StageOutput
 from modelaudit.static.base import WEIGHT_TYPES, StaticContext, run_static_checks
 
@@ -33,12 +33,12 @@ def run_static_stage(ctx: StageContext) -> StageOutput:
 
 def _mark_unfinished(coverage: StageCoverage, findings: list[Finding], *, has_weights: bool) -> None:
     """Lower coverage to ``partial`` where the checks could not vouch for the target (fail closed)."""
-    for f in findings:
-        if f.rule_id.endswith(UNFINISHED_RULE_SUFFIXES):
-            coverage.notes.append(f"{f.location.path or 'a file'} was not read to the end: {f.message}")
+    gaps = [f"{f.location.path or 'a file'} was not read to the end: {f.message}"
+            for f in findings if f.rule_id.endswith(UNFINISHED_RULE_SUFFIXES)]
     if not has_weights:
-        coverage.notes.append(NO_MODEL_NOTE)
-    if coverage.notes:
+        gaps.append(NO_MODEL_NOTE)
+    if gaps:
+        coverage.notes.extend(gaps)
         coverage.status = "partial"
 
 
