@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import html
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,9 +108,51 @@ class Finding:
     or rank), e.g. ``hostility`` for a group of triggers; None when the location alone names it. Writers
     use it where a name must not change between runs (JUnit test names, so CI history lines up)."""
 
+    decision: TriageDecision | None = None
+    """A security team's triage decision that covers this finding (``modelaudit triage decide``), carried to
+    every later scan of the same model content; None when nobody decided."""
+
     @property
     def stage(self) -> str:
         return self.rule_id.split(".", 1)[0]
+
+    @property
+    def identity(self) -> str:
+        """What a triage decision covers: rule, location and key, hashed. Measured numbers and evidence text
+        are left out, so a later scan of the same model (other budget or seed) finds the same identities."""
+        material = json.dumps([self.rule_id, str(self.location), self.key], ensure_ascii=False)
+        return hashlib.sha256(material.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+    @property
+    def suppressed(self) -> bool:
+        """True when a decision took this finding out of the gate (false positive or accepted risk)."""
+        return self.decision is not None and self.decision.suppresses
+
+
+TRIAGE_STATUSES = ("confirmed", "false-positive", "accepted-risk")
+"""What a triage decision can say; the last two suppress the findings they cover, the first makes them always
+fail the gate."""
+SUPPRESSING_STATUSES = ("false-positive", "accepted-risk")
+
+
+@dataclass
+class TriageDecision:
+    """A person's decision about findings of one model content digest (``modelaudit triage decide``)."""
+
+    status: str
+    """One of ``TRIAGE_STATUSES``."""
+    note: str
+    """The justification, as the person wrote it (SARIF ``suppressions[].justification``)."""
+    decided_by: str
+    """Who recorded it (the user name of the process that ran ``triage decide``, or ``--by``)."""
+    decided_at: str
+    """When, UTC ISO 8601 with a ``Z``."""
+    decision_id: int | None = None
+    """The decision's id in the scan store."""
+
+    @property
+    def suppresses(self) -> bool:
+        return self.status in SUPPRESSING_STATUSES
 
 
 @dataclass
@@ -201,7 +245,10 @@ class Gate:
 
     def blocks(self, finding: Finding) -> bool:
         """True when this finding alone fails the gate: at or above ``fail_on``, or high enough to make the
-        verdict ``backdoored`` or ``unsafe-files``."""
+        verdict ``backdoored`` or ``unsafe-files``. A finding a triage decision suppressed never blocks; one
+        it confirmed always does."""
+        if finding.decision is not None:
+            return not finding.decision.suppresses
         return finding.severity >= self.fail_on or finding.severity >= Severity.HIGH
 
     @property
@@ -239,6 +286,11 @@ class ScanInfo:
     """Device asked for: auto, cpu or cuda."""
     device_used: str | None = None
     """Device the model was loaded on (``cpu``, ``cuda:0``); None when no stage loaded the model."""
+    stored_scan: int | None = None
+    """When the scan store answered instead of a new scan (same content digest, settings and tool version):
+    the id of the stored scan; None for a report made by this run."""
+    stored_at: str | None = None
+    """When that stored scan was made (UTC, ISO 8601), with ``stored_scan``."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScanInfo:
@@ -249,8 +301,11 @@ class ScanInfo:
     def describe(self) -> str:
         """One line for a report header."""
         device = self.device if self.device_used in (None, self.device) else f"{self.device} ({self.device_used})"
-        return (f"started {self.started_at} · stages {', '.join(self.stages) or 'none'} · budget {self.budget}"
+        line = (f"started {self.started_at} · stages {', '.join(self.stages) or 'none'} · budget {self.budget}"
                 f" · seed {self.seed} · device {device}")
+        if self.stored_scan is not None:
+            line += f" · answered from the scan store (scan {self.stored_scan}, made {self.stored_at})"
+        return line
 
 
 @dataclass
@@ -385,6 +440,7 @@ def _finding_to_dict(finding: Finding) -> dict[str, Any]:
         "location": dataclasses.asdict(finding.location),
         "evidence": finding.evidence,
         "key": finding.key,
+        **({"decision": dataclasses.asdict(finding.decision)} if finding.decision is not None else {}),
     }
 
 
@@ -397,4 +453,5 @@ def _finding_from_dict(data: dict[str, Any]) -> Finding:
         location=Location(**data.get("location", {})),
         evidence=dict(data.get("evidence", {})),
         key=data.get("key"),
+        decision=TriageDecision(**data["decision"]) if isinstance(data.get("decision"), dict) else None,
     )

@@ -85,13 +85,14 @@ def apply_policy(report: Report, policy: Policy) -> Report:
 
 def decide_verdict(report: Report, policy: Policy) -> Verdict:
     """Combine findings by stage; an unfinished required stage wins over everything but unsafe files.
+    Findings a triage decision suppressed do not count.
 
     Unsafe files outrank incompleteness because a pickle that executes code is a definite answer
     even when a later stage could not run. Each stage declares (in the registry) whether its findings
     are about the files or about the model's behaviour.
     """
     def worst(stages: set[str]) -> Severity | None:
-        sev = [f.severity for f in report.findings if f.stage in stages]
+        sev = [f.severity for f in report.findings if f.stage in stages and not f.suppressed]
         return max(sev, key=lambda s: s.rank, default=None)
 
     file_sev = worst(stages_with_evidence(Evidence.FILES))
@@ -112,8 +113,12 @@ def decide_verdict(report: Report, policy: Policy) -> Verdict:
 
 
 def exit_code(report: Report, policy: Policy) -> int:
-    """0 pass, 1 findings at or above fail-on, 3 incomplete (fail closed)."""
-    if any(f.severity >= policy.fail_on for f in report.findings):
+    """0 pass, 1 findings at or above fail-on, 3 incomplete (fail closed).
+
+    A finding a triage decision suppressed (false positive, accepted risk) counts for neither; one it
+    confirmed fails the gate whatever its severity."""
+    active = [f for f in report.findings if not f.suppressed]
+    if any(f.severity >= policy.fail_on or f.decision is not None for f in active):
         return EXIT_FINDINGS
     if report.verdict is Verdict.INCOMPLETE:
         return EXIT_INCOMPLETE
