@@ -11,6 +11,19 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+TORCH_THREADS_ENV = "MODELAUDIT_TEST_TORCH_THREADS"
+"""Set to a number to run the whole suite with ``torch.set_num_threads(N)``: the detection tests must hold
+whatever the thread schedule (a different number of threads sums floats in another order), so this is how
+that is checked (``MODELAUDIT_TEST_TORCH_THREADS=1 make test``; ``OMP_NUM_THREADS=2 make test`` for OpenMP)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    threads = os.environ.get(TORCH_THREADS_ENV)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
 
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory: pytest.TempPathFactory):  # -> modelaudit.zoo.ZooResult

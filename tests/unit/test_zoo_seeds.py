@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+
 from modelaudit.zoo import load_spec, with_seed
 
 
@@ -36,3 +38,18 @@ def test_seed_bench_reports_mean_and_range() -> None:
     assert summary["effective_tpr"] == {"mean": None, "min": None, "max": None}  # no seed measured it
     md = to_markdown({"runs": runs, "summary": summary, "stages": "triggers", "budget": "quick", "machine": "x"})
     assert "| tpr | 0.89 | 0.67 | 1.00 | 0.67 | 1.00 | 1.00 |" in md and "3 seeds (0, 1, 2)" in md
+
+
+def test_the_suite_runs_with_the_torch_thread_count_it_was_asked_for() -> None:
+    """``MODELAUDIT_TEST_TORCH_THREADS=1 make test`` must really run single-threaded, or the check that the
+    detection tests hold under another thread schedule checks nothing."""
+    import os
+
+    import torch
+
+    from tests.conftest import TORCH_THREADS_ENV
+
+    wanted = os.environ.get(TORCH_THREADS_ENV) or os.environ.get("OMP_NUM_THREADS")
+    if not wanted:
+        pytest.skip(f"no thread count asked for ({TORCH_THREADS_ENV} or OMP_NUM_THREADS)")
+    assert torch.get_num_threads() == int(wanted)
