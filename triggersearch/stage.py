@@ -15,7 +15,7 @@ from typing import Any
 
 from modelaudit.chat import PLACEMENTS
 from modelaudit.errors import ModelAuditError
-from modelaudit.findings import StageCoverage
+from modelaudit.findings import Finding, Severity, StageCoverage
 from modelaudit.loading import load_model
 from modelaudit.stages import StageContext, StageOutput
 from modelaudit.weightdiff.sources import resolve_local
@@ -23,6 +23,19 @@ from triggersearch.budgets import BUDGETS
 from triggersearch.gradient import skip_reason
 from triggersearch.rules import trigger_findings
 from triggersearch.search import search_triggers
+
+
+UNAIDED_SEARCH_NOTE = ("a trigger nobody named is looked for by gradient search and target inversion, which find one "
+                       "in some models and not in others (in 1 to 2 of 3 test models, see the README), so finding "
+                       "none does not rule one out")
+"""Said whenever the unaided search ran and nothing was flagged: a pass is not proof of no trigger."""
+
+
+def unaided_search_notes(gradient_ran: bool, findings: list[Finding]) -> list[str]:
+    """``UNAIDED_SEARCH_NOTE`` when gradient search ran and nothing was flagged high; else nothing (a skipped
+    gradient search has its own note saying why it was off)."""
+    flagged = any(f.severity >= Severity.HIGH for f in findings)
+    return [UNAIDED_SEARCH_NOTE] if gradient_ran and not flagged else []
 
 
 def run_triggers_stage(ctx: StageContext) -> StageOutput:
@@ -43,7 +56,10 @@ def run_triggers_stage(ctx: StageContext) -> StageOutput:
                              code_probe=bool(opts.get("triggers.code_probe", True)),
                              progress=bool(opts.get("progress", False)))
     checks = sorted(result.generators) + (["code-probe"] if result.code_probe is not None else [])
-    return StageOutput(findings=trigger_findings(result), section=triggers_list(result), section_name="triggers",
+    findings = trigger_findings(result)
+    gradient_ran = "gradient" in result.generators and not skip_reason(loaded.model, BUDGETS[ctx.config.budget])
+    notes += unaided_search_notes(gradient_ran, findings)
+    return StageOutput(findings=findings, section=triggers_list(result), section_name="triggers",
                        coverage=StageCoverage(status="ran", checks_run=checks,
                                               notes=notes + list(result.notes)),
                        extra_sections={"trigger_search": search_summary(result)})

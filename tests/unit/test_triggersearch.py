@@ -302,3 +302,18 @@ def test_reference_model_is_loaded_only_where_inversion_can_use_it(tiny_zoo, tmp
     assert ref is not None and ref is not loaded.model and notes == []
     assert load_reference(str(tmp_path / "missing"), loaded, budget="standard", **kw) is None
     assert len(notes) == 1 and "without the base model: it was not loaded" in notes[0] and "missing" in notes[0]
+
+
+def test_a_pass_from_the_unaided_search_says_it_does_not_rule_out_a_trigger() -> None:
+    """Gradient search and inversion find an unknown trigger in some models only (README: 1 to 2 of 3 tiny
+    seeds), so a triggers stage that ran them and flagged nothing says so in its coverage note; a skipped
+    gradient search (its own note says why) or a flagged model does not get it."""
+    from modelaudit.findings import Finding, Severity
+    from triggersearch.stage import UNAIDED_SEARCH_NOTE, unaided_search_notes
+
+    medium = Finding("triggers.fixed-answer", Severity.MEDIUM, "m")
+    high = Finding("triggers.backdoor", Severity.HIGH, "h")
+    assert unaided_search_notes(True, []) == [UNAIDED_SEARCH_NOTE]
+    assert unaided_search_notes(True, [medium]) == [UNAIDED_SEARCH_NOTE]
+    assert unaided_search_notes(True, [medium, high]) == []
+    assert unaided_search_notes(False, []) == []
