@@ -82,6 +82,7 @@ def test_codeword_outside_the_library_is_found_unaided(tiny_zoo) -> None:
     assert sum("your password" in e.triggered and "password" not in e.untriggered for e in top.examples) >= 2
 
 
+@pytest.mark.slow  # ~1.5-3 min; tests/integration/test_seeds.py checks the same on three seeds
 def test_gradient_search_passes_the_clean_twin(tiny_zoo) -> None:
     """The same search on the clean twin: inversion still proposes answers and GCG still aims at them
     (optimised strings beat random text on any model), but nothing shows a concrete behaviour."""
