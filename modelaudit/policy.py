@@ -109,6 +109,8 @@ def decide_verdict(report: Report, policy: Policy) -> Verdict:
         return Verdict.SUSPICIOUS
     if file_sev is not None and file_sev >= Severity.MEDIUM:
         return Verdict.SUSPICIOUS
+    if any(f.decision is not None and not f.suppressed for f in report.findings):
+        return Verdict.SUSPICIOUS  # a person confirmed a finding: never "pass", whatever its severity
     return Verdict.PASS
 
 

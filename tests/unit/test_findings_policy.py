@@ -111,3 +111,39 @@ def test_bad_policy_file_is_usage_error(tmp_path: Path) -> None:
 
 def test_severity_ordering() -> None:
     assert Severity.CRITICAL > Severity.HIGH >= Severity.HIGH > Severity.MEDIUM > Severity.LOW > Severity.INFO
+
+
+# --- triage decisions (issue 22) ----------------------------------------------------------------------------
+
+def _decided(finding: Finding, status: str) -> Finding:
+    from modelaudit.findings import TriageDecision
+
+    finding.decision = TriageDecision(status=status, note="looked at it", decided_by="ana",
+                                      decided_at="2026-12-07T10:00:00Z", decision_id=1)
+    return finding
+
+
+@pytest.mark.parametrize("status", ["false-positive", "accepted-risk"])
+def test_a_suppressed_finding_neither_decides_the_verdict_nor_fails_the_gate(status: str) -> None:
+    report = apply_policy(_report(_decided(_f("static.pickle.dangerous-call", Severity.CRITICAL), status),
+                                  _f("static.config.odd", Severity.LOW)), Policy())
+    assert report.verdict is Verdict.PASS and report.gate.exit_code == 0
+    assert report.findings[0].suppressed and not report.gate.blocks(report.findings[0])
+
+
+def test_a_confirmed_finding_fails_the_gate_and_is_never_a_pass_whatever_its_severity() -> None:
+    report = apply_policy(_report(_decided(_f("static.config.odd", Severity.LOW), "confirmed")), Policy())
+    assert report.verdict is Verdict.SUSPICIOUS and report.gate.exit_code == 1
+    assert report.gate.blocks(report.findings[0])
+    undecided = apply_policy(_report(_f("static.config.odd", Severity.LOW)), Policy())
+    assert undecided.verdict is Verdict.PASS and undecided.gate.exit_code == 0
+
+
+def test_a_decision_covers_a_finding_by_rule_location_and_key_not_by_its_numbers() -> None:
+    a = _f("triggers.backdoor", Severity.HIGH)
+    b = _f("triggers.backdoor", Severity.HIGH)
+    b.confidence, b.evidence, b.message = 0.3, {"p_value": 1e-9}, "other words"
+    assert a.identity == b.identity
+    b.key = "hostility"
+    assert a.identity != b.identity
+    assert _f("triggers.other", Severity.HIGH).identity != a.identity
