@@ -73,8 +73,8 @@ class ModelRow:
     stored_verdict: str
     verdict: str
     """The verdict with the decisions applied (the caller's report), else the stored one."""
-    decided: bool
-    """True when the verdict column shows the report with decisions applied."""
+    report_loaded: bool
+    """True when the report was loaded, so ``verdict`` is its verdict with the decisions applied."""
     strongest: str
     stored_at: str
     link: str | None
@@ -114,7 +114,7 @@ def _row(scan: StoredScan, decisions: Sequence[Decision], link: str | None) -> M
     return ModelRow(
         id=scan.id, target=scan.target, revision=scan.revision or "", stored_verdict=scan.verdict,
         verdict=scan.report.verdict.value if scan.report is not None else scan.verdict,
-        decided=scan.report is not None, strongest=_strongest(scan), stored_at=scan.stored_at,
+        report_loaded=scan.report is not None, strongest=_strongest(scan), stored_at=scan.stored_at,
         link=None if link is None else _relative(link),
         decisions=[DecisionView(status=d.status, words=status_words(d.status),
                                 suppresses=d.status in SUPPRESSING_STATUSES, note=d.note, decided_by=d.decided_by,

@@ -7,7 +7,8 @@ only markup not escaped by the template is the SVG matplotlib wrote, whose text 
 escapes and whose comments are stripped here.
 
 Like every writer this renders only: the word diff of an example pair and the normalisation of
-control scores by their median are presentation, not new facts about the model.
+control scores by their median are presentation, not new facts about the model. A finding's triage
+decision is shown beside it (``reports.triage`` words it), and a suppressed row is greyed out.
 """
 
 from __future__ import annotations
@@ -304,7 +305,8 @@ def render_plots(report: Report) -> dict[str, Markup | None]:
 # --- page --------------------------------------------------------------------------------------------
 
 def template_environment() -> Environment:
-    """Autoescaping on, undefined names an error: model text cannot become markup, a template typo cannot pass."""
+    """Autoescaping on, undefined names an error: model text cannot become markup, a template typo cannot pass.
+    The report and the fleet page (``reports.fleet_page``) share it."""
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
     env = Environment(loader=PackageLoader("reports", "templates"), autoescape=True, undefined=StrictUndefined,

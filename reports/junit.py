@@ -3,8 +3,9 @@
 One ``testsuite`` named ``modelaudit``: a test case per stage in the coverage (a failure when a stage the
 policy requires did not finish, skipped otherwise) and a failing test case per finding that fails the gate
 (``Report.gate``), so the suite fails exactly when ``modelaudit scan`` exits non-zero. A finding a triage
-decision suppressed is a skipped case whose message gives the decision; a confirmed one always fails. ElementTree does the
-escaping; control characters that XML 1.0 cannot carry at all are replaced by ``\\xNN`` first.
+decision suppressed is a skipped case whose message gives the decision; a confirmed one always fails.
+ElementTree does the escaping; control characters that XML 1.0 cannot carry at all are replaced by ``\\xNN``
+first.
 """
 
 from __future__ import annotations

@@ -246,14 +246,15 @@ def _version_control(report: Report) -> list[dict[str, Any]]:
 
 
 def _provenance(report: Report) -> dict[str, Any]:
-    """The invocation's start time and the settings it ran with (none for reports saved before they were kept)."""
+    """The invocation's start time and the settings it ran with (none for reports saved before they were kept),
+    and the stored scan that answered when the scan store did."""
     if report.scan is None:
         return {}
     scan = report.scan
+    stored = {"storedScan": scan.stored_scan, "storedAt": scan.stored_at} if scan.stored_scan is not None else {}
     return {"startTimeUtc": scan.started_at,
             "properties": {"stages": list(scan.stages), "budget": scan.budget, "seed": scan.seed,
-                           "device": scan.device, "deviceUsed": scan.device_used, "storedScan": scan.stored_scan,
-                           "storedAt": scan.stored_at}}
+                           "device": scan.device, "deviceUsed": scan.device_used, **stored}}
 
 
 def _unfinished_required(report: Report) -> list[str]:

@@ -157,7 +157,8 @@ def test_html_marks_rows_and_escapes_the_note(decided: Report) -> None:
 
 # --- SARIF --------------------------------------------------------------------------------------------
 
-def test_sarif_suppressions_are_valid_and_keep_github_constraints(decided: Report, sarif_schema: dict) -> None:  # noqa: F811
+def test_sarif_suppressions_are_valid_and_keep_github_constraints(
+        decided: Report, sarif_schema: dict) -> None:  # noqa: F811 - the imported fixture
     log = json.loads(render(decided, "sarif"))
     jsonschema.validate(log, sarif_schema, cls=jsonschema.Draft4Validator)
     run = log["runs"][0]
@@ -184,7 +185,8 @@ def test_sarif_fingerprints_do_not_change_when_a_finding_is_suppressed(decided: 
         f.decision = None
 
     def prints(report: Report) -> list[str]:
-        return [r["partialFingerprints"]["modelaudit/v1"] for r in json.loads(render(report, "sarif"))["runs"][0]["results"]]
+        results = json.loads(render(report, "sarif"))["runs"][0]["results"]
+        return [r["partialFingerprints"]["modelaudit/v1"] for r in results]
 
     assert prints(decided) == prints(apply_policy(undecided, Policy()))
 

