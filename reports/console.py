@@ -20,6 +20,7 @@ from rich.text import Text
 from modelaudit.findings import NOT_APPLICABLE, Report, Severity, Verdict
 from modelaudit.registry import writers
 from reports.order import SEVERITIES_WORST_FIRST, ordered_findings
+from reports.triage import decision_label, decision_origin, finding_counts
 
 MAX_ROWS = 50
 """Findings shown on a live terminal; the string rendering (written to files) shows all of them."""
@@ -74,6 +75,7 @@ def _summary(report: Report) -> Panel:
         n = counts.get(sev, 0)
         lines.append(f"{sev.value} {n}", style=_SEVERITY_STYLE[sev] if n else "")
         lines.append("  ")
+    lines.append(f"\ngate      {finding_counts(report).describe()}")
     lines.append("\ntool      ")
     lines.append_text(_safe(f"{report.tool} {report.tool_version} (report schema {report.schema_version})"))
     return Panel(lines, title="modelaudit report", expand=False)
@@ -96,8 +98,17 @@ def _findings(report: Report, max_rows: int | None) -> RenderableType:
         if str(f.location):
             where.append("\n")
             where.append_text(_safe(f.location, style="cyan"))
-        table.add_row(Text(f.severity.value, style=_SEVERITY_STYLE[f.severity]), where, _safe(f.message),
-                      f"{f.confidence:.2f}")
+        severity = Text(f.severity.value, style="dim" if f.suppressed else _SEVERITY_STYLE[f.severity])
+        message = _safe(f.message, style="dim" if f.suppressed else "")
+        if f.decision is not None:
+            # The decision under the message: a suppressed finding must not read as one that blocks.
+            severity.append("\nsuppressed" if f.suppressed else "\nconfirmed",
+                            style="bold" if f.suppressed else "bold red")
+            message.append("\n")
+            message.append_text(_safe(decision_label(f.decision), style="bold" if f.suppressed else "bold red"))
+            message.append("\n")
+            message.append_text(_safe(decision_origin(f.decision), style="dim"))
+        table.add_row(severity, where, message, f"{f.confidence:.2f}")
     if len(shown) < len(ordered):
         table.caption = f"... {len(ordered) - len(shown)} more (use --format json or --output)"
     return table

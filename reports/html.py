@@ -7,7 +7,8 @@ only markup not escaped by the template is the SVG matplotlib wrote, whose text 
 escapes and whose comments are stripped here.
 
 Like every writer this renders only: the word diff of an example pair and the normalisation of
-control scores by their median are presentation, not new facts about the model.
+control scores by their median are presentation, not new facts about the model. A finding's triage
+decision is shown beside it (``reports.triage`` words it), and a suppressed row is greyed out.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from modelaudit.findings import Finding, Report, Verdict
 from modelaudit.registry import writers
 from modelaudit.rulebook import rule_text
 from reports.order import SEVERITIES_WORST_FIRST, ordered_findings
+from reports.triage import decision_label, decision_origin, finding_counts
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -302,8 +304,9 @@ def render_plots(report: Report) -> dict[str, Markup | None]:
 
 # --- page --------------------------------------------------------------------------------------------
 
-def _environment() -> Environment:
-    """Autoescaping on, undefined names an error: model text cannot become markup, a template typo cannot pass."""
+def template_environment() -> Environment:
+    """Autoescaping on, undefined names an error: model text cannot become markup, a template typo cannot pass.
+    The report and the fleet page (``reports.fleet_page``) share it."""
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
     env = Environment(loader=PackageLoader("reports", "templates"), autoescape=True, undefined=StrictUndefined,
@@ -393,8 +396,12 @@ def render_html(report: Report, *, rules: dict[str, str]) -> str:
         "verdict_meaning": meaning,
         "exit_meaning": report.gate.describe() if report.gate.exit_code is not None else exit_text,
         "severities": [(s.value, counts.get(s, 0)) for s in SEVERITIES_WORST_FIRST],
-        "findings": [{"f": f, "rule_text": rule_text(f.rule_id, rules), "reproduce": reproduce_command(f, report)}
+        "findings": [{"f": f, "rule_text": rule_text(f.rule_id, rules), "reproduce": reproduce_command(f, report),
+                      "decision": decision_label(f.decision) if f.decision else "",
+                      "origin": decision_origin(f.decision) if f.decision else ""}
                      for f in findings],
+        "triaged": any(f.decision is not None for f in findings),
+        "counts": finding_counts(report),
         "triggers": [_trigger_view(r, n) for n, r in enumerate(significant_triggers(report)[:MAX_TRIGGERS], 1)],
         "candidates": [{"trigger": str(r.get("trigger", "")), "placement": str(r.get("placement", "")),
                         "effect": r.get("effect"), "p": _fmt_num(r.get("p_value")),
@@ -405,4 +412,4 @@ def render_html(report: Report, *, rules: dict[str, str]) -> str:
         "plots": render_plots(report),
         "total_size": sum(f.size for f in report.target.files),
     }
-    return _environment().get_template("report.html.j2").render(**context)
+    return template_environment().get_template("report.html.j2").render(**context)

