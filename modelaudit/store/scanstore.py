@@ -267,7 +267,19 @@ def _stored(row: Row[Any], *, with_report: bool) -> StoredScan:
     return StoredScan(id=int(data["id"]), key=key, target=data["target"], revision=data["revision"],
                       verdict=data["verdict"], exit_code=data["exit_code"], stored_at=_format_time(data["stored_at"]),
                       settings=dict(data["settings"]),
-                      report=Report.from_dict(data["report"]) if with_report else None, strongest=data["strongest"])
+                      report=_report(data["id"], data["report"]) if with_report else None, strongest=data["strongest"])
+
+
+def _report(scan_id: int, data: Any) -> Report:
+    """A stored report as a Report.
+
+    Raises:
+        StoreError: the stored JSON is not a report this version can read (edited by hand, or damaged).
+    """
+    try:
+        return Report.from_dict(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise StoreError(f"stored scan {scan_id}: its report cannot be read ({type(exc).__name__}: {exc})") from None
 
 
 def _decision(row: Row[Any]) -> Decision:

@@ -18,7 +18,7 @@ from modelaudit.findings import Finding, Location, Report, Severity
 from modelaudit.fleet.digest import content_digest, scan_settings, settings_fingerprint
 from modelaudit.fleet.records import ScanKey
 from modelaudit.stages import ScanConfig
-from modelaudit.store import ScanStore, open_store
+from modelaudit.store import ScanStore, StoreError, open_store
 
 STATIC = ScanConfig(stages=("static",))
 
@@ -179,6 +179,19 @@ class StoreContract:
         stored_id = found.id
         decision = store.decide(stored_id, "accepted-risk", odd, odd)
         assert store.decisions_for(key.digest)[0] == decision and r"\udc80" in decision.note
+
+    def test_a_damaged_stored_report_is_a_named_error(self, store: ScanStore, store_url: str,
+                                                      static_reports: dict[str, Report]) -> None:
+        from sqlalchemy import create_engine, text
+
+        stored = store.put(static_reports["clean"], key_of(static_reports["clean"]), {}, "clean")
+        engine = create_engine(store_url)
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE scans SET report = :r WHERE id = :i"), {"r": '{"verdict": "pass"}', "i": stored.id})
+        engine.dispose()
+        with pytest.raises(StoreError, match=f"stored scan {stored.id}: its report cannot be read"):
+            store.get(stored.id)
+        assert [s.id for s in store.list()] == [stored.id]  # listings do not read reports
 
 
 class TestSQLiteStore(StoreContract):
