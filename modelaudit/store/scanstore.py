@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any
 
 from sqlalchemy import Row, insert, select, update
-from sqlalchemy.engine import Connection, CursorResult, make_url
+from sqlalchemy.engine import Connection, CursorResult, Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from modelaudit.errors import UsageError
@@ -84,7 +84,7 @@ def _reason(exc: BaseException, url: str) -> str:
 class ScanStore:
     """An open scan store (``open_store``); close it, or use it as a context manager."""
 
-    def __init__(self, engine: Any, url: str) -> None:
+    def __init__(self, engine: Engine, url: str) -> None:
         self._engine = engine
         self.url = url
         """The store's URL for messages (password masked)."""
