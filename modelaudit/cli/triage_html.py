@@ -13,15 +13,15 @@ import click
 
 from modelaudit.cli.edge import ModelAuditCommand, info
 from modelaudit.errors import UsageError
-from modelaudit.fleet.decisions import apply_decisions
 from modelaudit.fleet.records import Decision, StoredScan
 from modelaudit.store import DEFAULT_STORE_ENV, ScanStore, open_store
+from modelaudit.store.views import decided_report
 from reports.fleet_page import DEFAULT_TITLE, reports_folder, write_fleet_site
 
 
 def stored_with_decisions(store: ScanStore) -> tuple[list[StoredScan], dict[str, list[Decision]]]:
-    """Every stored scan with its report loaded and the decisions about its content applied, and those
-    decisions by content digest (what the page shows beside each model).
+    """Every stored scan with its report loaded and the decisions about its content applied
+    (``store.views.decided_report``), and those decisions by content digest (shown beside each model).
 
     A scan of a model whose files could not all be hashed has no digest: no decision can cover it, so its
     report is shown as stored.
@@ -31,11 +31,9 @@ def stored_with_decisions(store: ScanStore) -> tuple[list[StoredScan], dict[str,
     for listed in store.list():
         scan = store.get(listed.id)
         scan.strongest = scan.strongest or listed.strongest
-        digest = scan.key.digest
-        if digest and digest not in decisions:
-            decisions[digest] = store.decisions_for(digest)
-        if scan.report is not None:
-            apply_decisions(scan.report, decisions.get(digest, []) if digest else [])
+        scan.report = decided_report(store, scan)
+        if scan.key.digest and scan.key.digest not in decisions:
+            decisions[scan.key.digest] = store.decisions_for(scan.key.digest)
         scans.append(scan)
     return scans, decisions
 
