@@ -132,7 +132,7 @@ def render_fleet_page(scans: Sequence[StoredScan], decisions: Mapping[str, Seque
     Raises:
         ValueError: a report link is not relative to the page.
     """
-    rows = [_row(s, decisions.get(s.key.digest, ()), report_links.get(s.id)) for s in scans]
+    rows = [_row(s, decisions.get(s.key.digest, ()) if s.key.digest else (), report_links.get(s.id)) for s in scans]
     rows.sort(key=lambda r: (r.verdict_rank, r.target, r.id))
     by_verdict = Counter(r.verdict for r in rows)
     known = [v for v in VERDICT_ORDER if by_verdict.get(v)]

@@ -62,7 +62,7 @@ def from_store(store: ScanStore, key: ScanKey) -> Report | None:
     """The stored report for ``key`` with the digest's decisions applied and marked as answered from the
     store (``ScanInfo.stored_scan``/``stored_at``); None when the store has none."""
     stored = store.lookup(key)
-    if stored is None or stored.report is None:
+    if stored is None or stored.report is None or key.digest is None:
         return None
     report = apply_decisions(stored.report, store.decisions_for(key.digest))
     if report.scan is None:  # a report stored without provenance: say at least when it was made
@@ -77,7 +77,7 @@ def store_report(store: ScanStore, report: Report, settings: dict[str, Any], tar
     version), then apply the digest's decisions, so a new scan of an already-decided model carries them."""
     digest = content_digest(report.target.files)
     # an unhashed model (digest None) is stored as a row of its own and never looked up
-    key = ScanKey(digest=digest, settings=settings_fingerprint(settings),  # type: ignore[arg-type]
+    key = ScanKey(digest=digest, settings=settings_fingerprint(settings),
                   tool_version=report.tool_version)
     store.put(report, key, settings, target)
     if digest is None:

@@ -16,8 +16,9 @@ from modelaudit.findings import Report
 class ScanKey:
     """What makes two scans interchangeable: the same bytes, scanned the same way by the same tool."""
 
-    digest: str
-    """Content digest of the model's files (``fleet.digest.content_digest``), ``sha256:<hex>``."""
+    digest: str | None
+    """Content digest of the model's files (``fleet.digest.content_digest``), ``sha256:<hex>``; None when a file
+    could not be hashed (such a scan is stored but never answers for another)."""
     settings: str
     """Fingerprint of the settings that shape the result (``fleet.digest.settings_fingerprint``)."""
     tool_version: str
