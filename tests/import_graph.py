@@ -15,7 +15,8 @@ PACKAGES = ("modelaudit", "probes", "triggersearch", "reports")
 """Top-level packages of the project whose modules form the graph."""
 
 HEAVY = frozenset({"torch", "transformers", "scipy", "sklearn", "peft", "accelerate", "bandit", "matplotlib",
-                   "gguf", "numpy", "safetensors", "huggingface_hub"})
+                   "gguf", "numpy", "safetensors", "huggingface_hub", "modelaudit_picklescan", "sqlalchemy",
+                   "alembic", "ray"})
 """Third-party libraries slow enough to import that a light module may import them inside a function."""
 
 DETECTION = ("triggersearch", "probes")

@@ -43,14 +43,16 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
 import _compat_pickle
-from modelaudit_picklescan import PickleReport, PickleScanner, ScanOptions, ScanStatus
 
 from modelaudit.findings import FileEntry, Finding, Location, Severity
 from modelaudit.static.base import StaticContext, static_check
 from modelaudit.target import JOBLIB_ZFILE_HEADER, magic
+
+if TYPE_CHECKING:
+    from modelaudit_picklescan import PickleReport, PickleScanner
 
 RULES = {
     "static.pickle.dangerous-call": "A pickle invokes a callable that can execute code (directly or via getattr)",
@@ -932,6 +934,10 @@ def _rank(rule: str, severity: Severity) -> tuple[int, int]:
 
 
 def _engine(limits: PickleLimits) -> PickleScanner:
+    # imported here: the engine scans every installed distribution when imported (0.25 s and more), which
+    # every scan would pay on the way to the registry; only a file that may be a pickle needs it
+    from modelaudit_picklescan import PickleScanner, ScanOptions
+
     return PickleScanner(ScanOptions(timeout_s=limits.engine_timeout_s, max_opcodes=limits.max_opcodes,
                                      max_known_stream_read_bytes=limits.max_payload_bytes))
 
@@ -1171,6 +1177,8 @@ def _report_engine(report: PickleReport, p: Payload, a: StreamAnalysis, out: _Fi
         out.add(rule, severity, f"{f.message} [engine {code}]", member=p.member, subject=subject, position=pos,
                 source="picklescan-engine", engine_rule=code, engine_location=f.location,
                 **_global_ref_evidence(global_ref))
+    from modelaudit_picklescan import ScanStatus
+
     if judge_status and report.status != ScanStatus.COMPLETE and not _only_literals_unfinished(report, a):
         reasons = [e.message for e in report.errors][:3] or [n.message for n in report.notices][:3]
         out.add("static.pickle.scan-incomplete", Severity.HIGH,
