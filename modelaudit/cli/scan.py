@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
+from modelaudit import store as scan_store
 from modelaudit.api import ScanConfig
 from modelaudit.api import scan as run_scan
 from modelaudit.chat import PLACEMENTS
@@ -20,6 +21,7 @@ from modelaudit.cli.edge import (FORMAT_CHOICE, SEVERITY_CHOICE, STDOUT, ModelAu
                                  settings, worst_exit)
 from modelaudit.errors import InvalidModelFileError, ModelAuditError, UsageError
 from modelaudit.findings import Report
+from modelaudit.fleet.cached import scan_with_store
 from modelaudit.policy import EXIT_INCOMPLETE, Policy, exit_code, parse_severity
 from modelaudit.registry import stage_names, trigger_generators
 from modelaudit.stages import BUDGETS
@@ -33,6 +35,10 @@ FORMAT_HELP = "Report format (every registered writer, plugins included)."
 OUTPUT_HELP = ("Write the report here (atomically); '-' is standard output. With several targets, one file per "
                "target: the target's name goes before the suffix (-o r.json: r-org--model.json, r-my-model.json).")
 FAIL_ON_HELP = "Exit 1 when a finding is at or above this severity [default: high]."
+STORE_HELP = ("Keep reports in a scan store and answer from it when the same content was scanned with the same "
+              "settings by this version (the report says so); triage decisions about the content apply. An "
+              "SQLAlchemy URL (postgresql+psycopg://user@host/db), a SQLite file path, or 'default' (a SQLite file "
+              f"in the user cache folder) [env: {scan_store.DEFAULT_STORE_ENV}; without it nothing is stored].")
 
 
 def hub_options(command: F) -> F:
@@ -95,9 +101,13 @@ def parse_stages(text: str | None) -> tuple[str, ...]:
               help="Effort for the behavioural stages.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--force", is_flag=True, help="Load the model even if static checks found code execution.")
+@click.option("--store", "store_url", envvar=scan_store.DEFAULT_STORE_ENV, default=None, metavar="URL",
+              help=STORE_HELP)
+@click.option("--rescan", is_flag=True, help="With --store: scan even when the store has the answer (the stored "
+              "report is replaced).")
 def scan(targets: tuple[str, ...], revision: str | None, cache_dir: str | None, offline: bool | None,
          base: str | None, fmt: str, output: str | None, fail_on: str | None, policy_file: str | None,
-         stages: str | None, budget: str, device: str, force: bool) -> None:
+         stages: str | None, budget: str, device: str, force: bool, store_url: str | None, rescan: bool) -> None:
     """Scan each TARGET: a hub id (org/model), a local model folder, or a single model file.
 
     Several targets get one report each; the exit code is the worst of their outcomes (3, incomplete or
@@ -108,21 +118,42 @@ def scan(targets: tuple[str, ...], revision: str | None, cache_dir: str | None, 
         policy.fail_on = parse_severity(fail_on)
     config = ScanConfig(policy=policy, cache_dir=cache_dir, offline=offline, stages=parse_stages(stages),
                         budget=budget, device=device, force=force, progress=settings().reporter)
-    if len(targets) == 1:
-        report = run_scan(targets[0], revision=revision, base=base, config=config)
-        _emit(report, fmt, output)
-        sys.exit(exit_code(report, policy))
-    paths = output_paths(targets, output)
-    codes = [_scan_one(t, paths[t], revision=revision, base=base, config=config, fmt=fmt) for t in targets]
-    sys.exit(worst_exit(codes))
+    if rescan and not store_url:
+        raise UsageError("--rescan applies only with --store (without a store every scan runs)")
+    store = scan_store.open_store(store_url) if store_url else None
+    try:
+        if len(targets) == 1:
+            report = _scan_target(targets[0], revision=revision, base=base, config=config, store=store,
+                                  rescan=rescan)
+            _emit(report, fmt, output)
+            sys.exit(exit_code(report, policy))
+        paths = output_paths(targets, output)
+        codes = [_scan_one(t, paths[t], revision=revision, base=base, config=config, fmt=fmt, store=store,
+                           rescan=rescan) for t in targets]
+        sys.exit(worst_exit(codes))
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _scan_target(target: str, *, revision: str | None, base: str | None, config: ScanConfig,
+                 store: scan_store.ScanStore | None, rescan: bool) -> Report:
+    """One scan: through the store when there is one (answered from it, or scanned and stored)."""
+    if store is None:
+        return run_scan(target, revision=revision, base=base, config=config)
+    report = scan_with_store(target, revision=revision, base=base, config=config, store=store, rescan=rescan)
+    if report.scan is not None and report.scan.stored_scan is not None:
+        info(f"{target}: answered from the scan store {store.url} (scan {report.scan.stored_scan}, made "
+             f"{report.scan.stored_at}); --rescan scans again")
+    return report
 
 
 def _scan_one(target: str, output: str | None, *, revision: str | None, base: str | None, config: ScanConfig,
-              fmt: str) -> int:
+              fmt: str, store: scan_store.ScanStore | None = None, rescan: bool = False) -> int:
     """One target of several: its report, or its error as one line (the other targets still run)."""
     info(f"scanning {target}")
     try:
-        report = run_scan(target, revision=revision, base=base, config=config)
+        report = _scan_target(target, revision=revision, base=base, config=config, store=store, rescan=rescan)
     except UsageError:
         raise
     except ModelAuditError as exc:
