@@ -26,6 +26,7 @@ from modelaudit.errors import UsageError
 from modelaudit.fleet.driver import FleetResult, FleetSummary, fleet_scan
 from modelaudit.fleet.executors import Executor, LocalExecutor
 from modelaudit.fleet.manifest import FleetTarget, read_manifest, targets_from_cache
+from modelaudit.fleet.ray_executor import RayExecutor
 from modelaudit.policy import EXIT_INCOMPLETE, Policy, parse_severity
 from modelaudit.progress import RichReporter
 from modelaudit.registry import writers
@@ -126,8 +127,6 @@ def scan(manifest: str | None, from_cache: str | None, revision: str | None, cac
 
 def _executor(name: str, address: str | None, cpus_per_scan: float) -> Executor:
     if name == "ray":
-        from modelaudit.fleet.ray_executor import RayExecutor
-
         return RayExecutor(address, cpus_per_scan=cpus_per_scan)
     return LocalExecutor()
 

@@ -129,9 +129,10 @@ def _target(item: Any, n: int, path: str | Path, folder: Path) -> FleetTarget:
         if value is not None and not isinstance(value, (str, int, float)):
             raise UsageError(f"{where}: '{key}' must be text, got {type(value).__name__}")
         values[key] = None if value is None else str(value).strip() or None
-    if values["target"] is None:
+    spec = values["target"]
+    if spec is None:
         raise UsageError(f"{where}: no 'target'")
-    target = FleetTarget(target=_beside(values["target"], folder), base=_beside(values["base"], folder),
+    target = FleetTarget(target=_beside(spec, folder) or spec, base=_beside(values["base"], folder),
                          revision=values["revision"], policy=_beside(values["policy"], folder))
     try:
         target.read_policy()  # a bad policy file is found before any scan runs
