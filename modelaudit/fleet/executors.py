@@ -10,6 +10,7 @@ jobs as Ray tasks.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -124,13 +125,13 @@ class LocalExecutor:
         """Visible CUDA GPUs; None: counted when the first job needs to know."""
 
     def run(self, jobs: Iterable[ScanJob]) -> Iterator[JobResult]:
-        pending = [dataclasses.replace(job, config=portable(job.config)) for job in jobs]
-        gpus = self._gpus() if any(may_use_gpu(j.config) for j in pending) else 0
-        if gpus > 1:
-            yield from _per_gpu(pending, gpus)
-            return
-        for job in pending:
-            yield run_job(job)
+        """Scan each job as it is drawn (so the driver keys the next target only when a scan is done)."""
+        stream = iter(jobs)
+        for job in stream:
+            if may_use_gpu(job.config) and self._gpus() > 1:
+                yield from _per_gpu(itertools.chain([job], stream), self._gpus())
+                return
+            yield run_job(dataclasses.replace(job, config=portable(job.config)))
 
     def _gpus(self) -> int:
         if self.gpus is None:
@@ -145,19 +146,27 @@ def _pin_gpu(gpu: int) -> None:
     os.environ[CUDA_ENV] = str(gpu)
 
 
-def _per_gpu(jobs: list[ScanJob], gpus: int) -> Iterator[JobResult]:
+def _per_gpu(jobs: Iterator[ScanJob], gpus: int) -> Iterator[JobResult]:
     """One worker process per GPU; each takes the next job when its scan finishes. A worker that dies takes
     only its own scan with it: that job becomes an incomplete report and the GPU gets a fresh worker."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")  # CUDA state must not be forked
-    pools = [ProcessPoolExecutor(1, mp_context=context, initializer=_pin_gpu, initargs=(g,)) for g in range(gpus)]
-    queue = list(reversed(jobs))
+
+    def worker(gpu: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(1, mp_context=context, initializer=_pin_gpu, initargs=(gpu,))
+
+    def submit(gpu: int) -> None:
+        job = next(jobs, None)
+        if job is not None:
+            job = dataclasses.replace(job, config=portable(job.config))
+            running[pools[gpu].submit(run_job, job)] = (gpu, job)
+
+    pools = [worker(g) for g in range(gpus)]
     running: dict[Future[JobResult], tuple[int, ScanJob]] = {}
     try:
-        for gpu in range(min(gpus, len(queue))):
-            job = queue.pop()
-            running[pools[gpu].submit(run_job, job)] = (gpu, job)
+        for gpu in range(gpus):
+            submit(gpu)
         while running:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
@@ -169,10 +178,8 @@ def _per_gpu(jobs: list[ScanJob], gpus: int) -> Iterator[JobResult]:
                     LOGGER.warning("%s: %s", job.target, reason)
                     yield JobResult(job, failed_report(job, reason), 0.0, failure=reason)
                     pools[gpu].shutdown(wait=False)
-                    pools[gpu] = ProcessPoolExecutor(1, mp_context=context, initializer=_pin_gpu, initargs=(gpu,))
-                if queue:
-                    job = queue.pop()
-                    running[pools[gpu].submit(run_job, job)] = (gpu, job)
+                    pools[gpu] = worker(gpu)
+                submit(gpu)
     finally:
         for pool in pools:
             pool.shutdown(wait=False, cancel_futures=True)

@@ -12,6 +12,7 @@ readable on the cluster's nodes (a shared filesystem); hub ids are fetched where
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -103,7 +104,7 @@ class RayExecutor:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         waiting: dict[Any, tuple[ScanJob, float]] = {}
         for job in jobs:
-            job = ScanJob(job.index, job.target, job.base, job.revision, portable(job.config))
+            job = dataclasses.replace(job, config=portable(job.config))
             waiting[self._submit(remote, job, gpus)] = (job, time.perf_counter())
             yield from self._finished(ray, waiting, timeout=POLL_SECONDS)
         while waiting:

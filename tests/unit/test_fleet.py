@@ -159,6 +159,20 @@ def test_local_executor_turns_a_raising_scan_into_an_incomplete_report(tmp_path:
     assert result.report.target.spec == str(tmp_path / "missing")
 
 
+def test_per_gpu_workers_run_every_job_once(clean_model: Path, tmp_path: Path) -> None:
+    """The several-GPU path's scheduling (one worker process per GPU, the next job to whichever frees up) on
+    CPU scans: what a machine with GPUs would add is only CUDA_VISIBLE_DEVICES in each worker."""
+    from modelaudit.fleet.executors import _per_gpu
+
+    config = ScanConfig(stages=("static",), device="cpu")
+    jobs = [ScanJob(n, str(clean_model), None, None, config) for n in range(3)]
+    jobs.append(ScanJob(3, str(tmp_path / "missing"), None, None, config))
+    results = {r.job.index: r for r in _per_gpu(iter(jobs), 2)}
+    assert sorted(results) == [0, 1, 2, 3]
+    assert [results[n].report.verdict.value for n in range(3)] == ["pass"] * 3
+    assert results[3].failure is not None and results[3].report.verdict.value == "incomplete"
+
+
 def test_driver_and_local_executor_do_not_import_ray_or_click() -> None:
     code = ("import sys, modelaudit.fleet.driver, modelaudit.fleet.executors; "
             "print(sorted(m for m in ('ray', 'click') if m in sys.modules))")
