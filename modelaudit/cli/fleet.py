@@ -8,6 +8,7 @@ end, one report file per model with ``--output-dir``; the exit code is the worst
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from modelaudit.policy import EXIT_INCOMPLETE, Policy, parse_severity
 from modelaudit.progress import RichReporter
 from modelaudit.registry import writers
 from modelaudit.stages import BUDGETS, ScanConfig
+from modelaudit.target import looks_like_hub_id
 
 EXECUTORS = ("local", "ray")
 DEFAULT_EXTENSION = ".txt"
@@ -82,8 +84,6 @@ def scan(manifest: str | None, from_cache: str | None, revision: str | None, cac
     """
     if (manifest is None) == (from_cache is None):
         raise UsageError("give a MANIFEST or --from-cache DIR (one of them)")
-    if revision is not None:
-        raise UsageError("--revision does not apply to a fleet: give each entry's revision in the manifest")
     if address is not None and executor != "ray":
         raise UsageError("--address applies to --executor ray")
     if formats and output_dir is None:
@@ -98,8 +98,7 @@ def scan(manifest: str | None, from_cache: str | None, revision: str | None, cac
     else:
         assert manifest is not None
         targets = read_manifest(manifest)
-    if base is not None:
-        targets = [t if t.base is not None else FleetTarget(t.target, base, t.revision, t.policy) for t in targets]
+    targets = [with_defaults(t, base=base, revision=revision) for t in targets]
     policy = Policy.from_toml(policy_file) if policy_file else Policy()
     if fail_on is not None:
         policy.fail_on = parse_severity(fail_on)
@@ -123,6 +122,14 @@ def scan(manifest: str | None, from_cache: str | None, revision: str | None, cac
     for problem in problems:
         click.echo(f"modelaudit: error: {problem}", err=True)
     sys.exit(worst_exit(summary.exit_codes + [EXIT_INCOMPLETE] * len(problems)))
+
+
+def with_defaults(target: FleetTarget, *, base: str | None, revision: str | None) -> FleetTarget:
+    """An entry with the command's --base where it names none, and --revision where it is a hub id that names
+    none (a local path has no revisions)."""
+    is_hub = looks_like_hub_id(target.target) and not Path(target.target).exists()
+    return dataclasses.replace(target, base=target.base or base,
+                               revision=target.revision or (revision if is_hub else None))
 
 
 def _executor(name: str, address: str | None, cpus_per_scan: float) -> Executor:

@@ -20,7 +20,7 @@ from modelaudit.fleet.executors import FLEET_STAGE, JobResult, LocalExecutor, Sc
 from modelaudit.fleet.manifest import FleetTarget
 from modelaudit.stages import ScanConfig
 from modelaudit.store import open_store
-from tests.unit.test_target import SHA_MAIN, make_hub_cache
+from tests.unit.test_target import SHA_MAIN, SHA_OLD, make_hub_cache
 
 FILE_STAGES = ("static", "weights")
 """Seconds for the whole tiny zoo: the fleet machinery, not the detectors, is under test here."""
@@ -233,9 +233,21 @@ def test_fleet_scan_from_a_hub_cache(tmp_path: Path) -> None:
     assert "models--acme--broken" in stderr and code == 3  # a repository that cannot be audited fails closed
 
 
+def test_fleet_scan_revision_and_base_defaults_apply_to_entries_without_their_own(clean_model: Path,
+                                                                                  tmp_path: Path) -> None:
+    cache = tmp_path / "hub"
+    make_hub_cache(cache, "acme/tiny")
+    manifest = tmp_path / "fleet.yaml"
+    manifest.write_text(f"- acme/tiny\n- {{target: acme/tiny, revision: main}}\n- {clean_model}\n")
+    out = tmp_path / "out"
+    code, _, stderr = _cli(str(manifest), "--revision", "v1", "--cache-dir", str(cache), "--offline",
+                           "--stages", "static", "--store", str(tmp_path / "s.sqlite"), "--output-dir", str(out))
+    revisions = {p.name: json.loads(p.read_text())["target"]["resolved_revision"] for p in out.iterdir()}
+    assert revisions == {"acme--tiny.json": SHA_OLD, "acme--tiny-2.json": SHA_MAIN, "clean.json": None}, stderr
+
+
 @pytest.mark.parametrize(("args", "message"), [
     ([], "give a MANIFEST or --from-cache DIR"),
-    (["m.txt", "--revision", "v1"], "--revision does not apply to a fleet"),
     (["m.txt", "--address", "auto"], "--address applies to --executor ray"),
     (["m.txt", "--format", "json"], "--format applies with --output-dir"),
     (["m.txt", "--stages", "static,nope"], "unknown stage(s) nope"),

@@ -49,3 +49,20 @@ def test_ray_executor_behaviour_scan_and_unfinished_scan(tiny_zoo, tmp_path: Pat
     assert results[1].report.verdict.value == "incomplete"
     assert results[1].failure is not None and "no such file or folder" in results[1].failure
     assert not ray_module.is_initialized()
+
+
+def test_fleet_scan_command_on_ray(clean_model: Path, tmp_path: Path) -> None:
+    """``--executor ray`` end to end: a local Ray instance, the report stored, the summary and exit code."""
+    from click.testing import CliRunner
+
+    from modelaudit.cli import main
+
+    manifest = tmp_path / "fleet.txt"
+    manifest.write_text(f"{clean_model}\n{tmp_path / 'gone'}\n")
+    result = CliRunner().invoke(main, ["fleet", "scan", str(manifest), "--executor", "ray", "--cpus-per-scan", "1",
+                                       "--stages", "static", "--store", str(tmp_path / "s.sqlite")])
+    assert result.exit_code == 3, result.stderr  # the missing entry fails the fleet closed
+    assert "ray executor" in result.stderr
+    assert "2 model(s): 1 incomplete, 1 pass · 0 from the store, 1 scanned, 1 did not finish" in result.stdout
+    with open_store(str(tmp_path / "s.sqlite")) as store:
+        assert [s.target for s in store.list()] == [str(clean_model)]
