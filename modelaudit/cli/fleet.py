@@ -99,6 +99,9 @@ def scan(manifest: str | None, from_cache: str | None, revision: str | None, cac
         assert manifest is not None
         targets = read_manifest(manifest)
     targets = [with_defaults(t, base=base, revision=revision) for t in targets]
+    if len(set(targets)) != len(targets):
+        twice = next(t for n, t in enumerate(targets) if t in targets[:n])
+        raise UsageError(f"{twice.target} is listed twice once --base/--revision fill in the entries without one")
     policy = Policy.from_toml(policy_file) if policy_file else Policy()
     if fail_on is not None:
         policy.fail_on = parse_severity(fail_on)

@@ -251,10 +251,12 @@ def test_fleet_scan_revision_and_base_defaults_apply_to_entries_without_their_ow
     (["m.txt", "--address", "auto"], "--address applies to --executor ray"),
     (["m.txt", "--format", "json"], "--format applies with --output-dir"),
     (["m.txt", "--stages", "static,nope"], "unknown stage(s) nope"),
+    (["twice.yaml", "--base", "b"], "acme/tiny is listed twice once --base/--revision fill in"),
 ])
 def test_fleet_scan_usage_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str],
                                  message: str) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "m.txt").write_text("acme/tiny\n")
+    (tmp_path / "twice.yaml").write_text("- acme/tiny\n- {target: acme/tiny, base: b}\n")
     code, _, stderr = _cli(*args, "--store", str(tmp_path / "s.sqlite"))
     assert code == 2 and message in stderr
