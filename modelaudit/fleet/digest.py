@@ -18,10 +18,11 @@ DIGEST_PREFIX = "sha256:"
 def content_digest(files: list[FileEntry]) -> str | None:
     """One digest over every file's path and sha256 (the inventory the report already has), in path order.
 
-    None when any file was not hashed (a read limit, a link out of the folder): such a model has no
-    content identity, so the store never answers for it and every scan of it runs.
+    None when any file was not hashed (a read limit, a link out of the folder), or when there are no files
+    (a report whose target never resolved): such a model has no content identity, so the store never
+    answers for it and every scan of it runs.
     """
-    if any(f.sha256 is None for f in files):
+    if not files or any(f.sha256 is None for f in files):
         return None
     h = hashlib.sha256()
     for f in sorted(files, key=lambda e: e.path):

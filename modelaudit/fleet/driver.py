@@ -173,7 +173,7 @@ def _kept(store: ScanStore, result: JobResult, plan: _Planned) -> FleetResult:
         return FleetResult(plan.target, report, SCANNED, result.seconds, _exit(report, cfg))
     # under the target's key, so the model has one row, which the next run replaces with a finished scan;
     # a model without a digest gets a row of its own, as its finished scans do
-    key = plan.key or ScanKey(digest=None, settings=settings_fingerprint(plan.settings),  # type: ignore[arg-type]
+    key = plan.key or ScanKey(digest=None, settings=settings_fingerprint(plan.settings),
                               tool_version=__version__)
     store.put(result.report, key, plan.settings, plan.target.target)
     return _failed(plan.target, result.report, result.failure, result.seconds, cfg)
