@@ -11,7 +11,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from modelaudit.findings import Report
+from modelaudit.findings import Report, Severity
 from modelaudit.fleet.decisions import apply_decisions
 from modelaudit.fleet.records import StoredScan
 
@@ -23,9 +23,10 @@ STRONGEST_MAX_CHARS = 160
 
 
 def strongest_evidence(report: Report) -> str | None:
-    """The worst finding that still counts (not suppressed by a decision) in one line: ``rule (severity):
-    message``; worst by severity, then confidence, then rule id. None when no finding counts."""
-    active = [f for f in report.findings if not f.suppressed]
+    """The worst finding that still counts (not suppressed by a decision, and evidence at all: above ``info``,
+    which only describes the model) in one line: ``rule (severity): message``; worst by severity, then
+    confidence, then rule id. None when no finding counts."""
+    active = [f for f in report.findings if not f.suppressed and f.severity > Severity.INFO]
     if not active:
         return None
     worst = min(active, key=lambda f: (-f.severity.rank, -f.confidence, f.rule_id, str(f.location)))
