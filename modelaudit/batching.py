@@ -243,6 +243,9 @@ def map_batches(items: Sequence[T], run: Callable[[Sequence[T]], Sequence[R]], *
         start += len(chunk)
         if on_batch is not None:
             on_batch(len(chunk))
+    if stats.sizes:
+        log.debug("%s: %d rows in %d batches of at most %d rows, %d halved on out-of-memory", what, len(items),
+                  stats.batches, max(stats.sizes), stats.halvings)
     return out
 
 

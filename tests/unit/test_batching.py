@@ -178,7 +178,7 @@ def memory_cap(model: Any, max_rows: int) -> Iterator[list[int]]:
     seen: list[int] = []
 
     def hook(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        x = kwargs.get("input_ids")
+        x: Any = kwargs.get("input_ids")
         if x is None:
             x = kwargs.get("inputs_embeds", args[0] if args else None)
         seen.append(int(x.shape[0]))

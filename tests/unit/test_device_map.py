@@ -48,7 +48,7 @@ def test_weight_bytes_come_from_the_config_without_allocating(four_layers: Path)
 def test_a_model_is_split_over_two_gpus_and_the_cpu_within_each_budget_never_inside_a_layer(four_layers: Path) -> None:
     meta = empty_model(_load_config(four_layers))
     layer = _module_bytes(meta, "model.layers.0")
-    budgets = {0: 2 * layer + 1000, 1: 2 * layer + 1000, "cpu": 10**9}  # pseudo-GPUs: no GPU backs them
+    budgets: dict[int | str, int] = {0: 2 * layer + 1000, 1: 2 * layer + 1000, "cpu": 10**9}  # pseudo-GPUs: no GPU backs them
     plan = plan_device_map(meta, dtype=torch.float32, max_memory=budgets)
     assert plan.devices[:2] == [0, 1] and "cpu" in plan.devices
     for device, budget in budgets.items():
