@@ -111,12 +111,13 @@ def budgets_from_free(gpu_free: Sequence[int], cpu_available: int) -> dict[Devic
 
 
 def cuda_budgets() -> dict[Device, int]:
-    """``budgets_from_free`` for this machine's GPUs and CPU memory. CUDA only; untested without a GPU."""
-    import psutil
-    import torch
+    """``budgets_from_free`` for this machine's GPUs and CPU memory, as accelerate reads them (each GPU's
+    free memory, the CPU's available memory). CUDA only; untested without a GPU."""
+    from accelerate.utils import get_max_memory
 
-    free = [torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())]
-    return budgets_from_free(free, psutil.virtual_memory().available)
+    free = get_max_memory()
+    gpus = sorted(k for k in free if isinstance(k, int))
+    return budgets_from_free([int(free[i]) for i in gpus], int(free.get("cpu", 0)))
 
 
 def plan_if_needed(model: Any, *, dtype: Any, max_memory: Mapping[Device, int]) -> DevicePlan | None:

@@ -132,7 +132,7 @@ def load_model(path: str | os.PathLike[str], *, device: str = "auto", dtype: str
     if gguf_file is not None:
         model, fmt = _load_gguf(folder, gguf_file, dt), "gguf"
     elif any(folder.glob("*.safetensors")):
-        plan = _plan(empty_model(_load_config(folder)), dt, max_memory) if placing else None
+        plan = _plan(_empty_model(folder, explicit=max_memory is not None), dt, max_memory) if placing else None
         offload = _offload_dir(plan)
         model, fmt = _load_safetensors(folder, dt, plan, offload), "safetensors"
     elif any(folder.glob("*.bin")):
@@ -170,9 +170,28 @@ def load_model(path: str | os.PathLike[str], *, device: str = "auto", dtype: str
 def _plan(model: Any, dtype: Any, max_memory: Mapping[Device, int] | None) -> DevicePlan | None:
     """The device map for ``model`` (empty or loaded): with the caller's budgets always, on CUDA only when
     it does not fit GPU 0."""
+    if model is None:
+        return None
     if max_memory is not None:
         return plan_device_map(model, dtype=dtype, max_memory=max_memory)
-    return plan_if_needed(model, dtype=dtype, max_memory=cuda_budgets())
+    try:
+        return plan_if_needed(model, dtype=dtype, max_memory=cuda_budgets())
+    except (ValueError, KeyError, RuntimeError) as exc:  # an architecture accelerate cannot plan: load as before
+        log.warning("no device map could be planned (%s); loading onto one GPU", _first_line(exc))
+        return None
+
+
+def _empty_model(folder: Path, *, explicit: bool) -> Any:
+    """The model of the folder's config on the meta device, for planning. Raises on a config that cannot be
+    built when the caller gave budgets; on CUDA's automatic placement such a model loads as before (None)."""
+    config = _load_config(folder)
+    try:
+        return empty_model(config)
+    except (ValueError, KeyError, RuntimeError, ImportError) as exc:
+        if explicit:
+            raise InvalidModelFileError(f"{folder}: cannot plan a device map: {_first_line(exc)}") from None
+        log.warning("%s: no device map could be planned (%s); loading onto one GPU", folder, _first_line(exc))
+        return None
 
 
 def _offload_dir(plan: DevicePlan | None) -> Any:
