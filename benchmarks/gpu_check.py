@@ -323,7 +323,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
                     lines.append(f"| {s['model']} | failed: {s['error']} | {s.get('seconds', '-')} | | | | |")
                     continue
                 stages = ", ".join(f"{k} {v}" for k, v in s["timings"].items())
-                trig = ", ".join(f"`{t}`" for t in s["triggers"] if t) or "-"
+                trig = ", ".join(f"`{t}`".replace("|", "\\|") for t in s["triggers"] if t) or "-"
                 lines.append(f"| {s['model']} | {s['verdict']} | {s['seconds']} | {stages} | "
                              f"{s.get('peak_gpu_gib', '-')} | {s['peak_rss_gib']} | {trig} |")
             lines.append("")
