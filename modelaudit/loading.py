@@ -2,19 +2,28 @@
 
 Safety rules: never ``trust_remote_code``; safetensors first; pickle-based ``.bin`` weights only when
 the caller says the static checks passed, and then only through ``torch.load(weights_only=True)``;
-GGUF through transformers' dequantizing reader. Device and dtype are chosen once, here.
+GGUF through transformers' dequantizing reader. Device and dtype are chosen once, here: on CUDA bf16
+weights (every statistic is then computed in float32 by its caller: ``generation``, the trigger search's
+engine, the probes' capture), and a model that does not fit one GPU is spread over the GPUs, CPU memory
+and disk by a device map (``modelaudit.devicemap``), with a warning in ``LoadedModel.notes``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelaudit.devicemap import Device, DevicePlan, cuda_budgets, empty_model, plan_device_map, plan_if_needed
 from modelaudit.errors import InvalidModelFileError, TargetNotFoundError, UnsafeModelError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,6 +44,12 @@ class LoadedModel:
     """``safetensors``, ``pytorch-bin`` or ``gguf``."""
     seconds: float
     """Wall time to load."""
+    device_map: dict[str, Device] | None = None
+    """Where each part of the model lives when it did not fit one device (None: all on ``device``)."""
+    notes: list[str] = field(default_factory=list)
+    """Warnings for the coverage notes of the stages that use the model (weights offloaded to CPU or disk)."""
+    offload_dir: Any = None
+    """The temporary folder of weights offloaded to disk (removed with this object), or None."""
 
 
 def pick_device(device: str = "auto") -> Any:
@@ -90,13 +105,19 @@ def load_tokenizer(path: str | os.PathLike[str], *, gguf_file: str | None = None
 
 
 def load_model(path: str | os.PathLike[str], *, device: str = "auto", dtype: str = "auto",
-               allow_pickle_weights: bool = False) -> LoadedModel:
+               allow_pickle_weights: bool = False, max_memory: Mapping[Device, int] | None = None) -> LoadedModel:
     """Load a causal LM from a local folder or GGUF file.
+
+    On CUDA (``device`` auto or ``cuda`` without an index) a model whose weights do not fit GPU 0 beside
+    room for its batches is placed by a device map over every GPU, then CPU memory, then disk. ``max_memory``
+    (bytes per device: GPU indexes, ``"cpu"``) plans such a map with those budgets on any device; what fits
+    none of them goes to a temporary folder on disk.
 
     Raises:
         TargetNotFoundError: the path does not exist.
         UnsafeModelError: only pickle-based weights exist and ``allow_pickle_weights`` is False.
-        InvalidModelFileError: config, weights or tokenizer are unusable.
+        InvalidModelFileError: config, weights or tokenizer are unusable, or the model's first layers fit
+            no device.
     """
     start = time.perf_counter()
     root = Path(path)
@@ -106,10 +127,14 @@ def load_model(path: str | os.PathLike[str], *, device: str = "auto", dtype: str
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
     tokenizer = load_tokenizer(folder, gguf_file=gguf_file)
+    placing = max_memory is not None or (dev.type == "cuda" and dev.index is None)
+    plan = None
     if gguf_file is not None:
         model, fmt = _load_gguf(folder, gguf_file, dt), "gguf"
     elif any(folder.glob("*.safetensors")):
-        model, fmt = _load_safetensors(folder, dt), "safetensors"
+        plan = _plan(_empty_model(folder, explicit=max_memory is not None), dt, max_memory) if placing else None
+        offload = _offload_dir(plan)
+        model, fmt = _load_safetensors(folder, dt, plan, offload), "safetensors"
     elif any(folder.glob("*.bin")):
         if not allow_pickle_weights:
             raise UnsafeModelError(f"{folder}: only pickle-based .bin weights found; refusing to load them "
@@ -117,13 +142,85 @@ def load_model(path: str | os.PathLike[str], *, device: str = "auto", dtype: str
         model, fmt = _load_bin_weights_only(folder, dt), "pytorch-bin"
     else:
         raise InvalidModelFileError(f"{folder}: no model weights (.safetensors, .bin or .gguf) found")
-    model.to(dev)
+    if fmt != "safetensors":  # loaded whole into CPU memory first: placed from there
+        plan = _plan(model, dt, max_memory) if placing else None
+        offload = _offload_dir(plan)
+        if plan is not None:
+            from accelerate import dispatch_model
+
+            model = dispatch_model(model, device_map=plan.device_map,
+                                   offload_dir=offload.name if offload is not None else None)
+    if plan is None:
+        model.to(dev)
+    else:
+        dev = _check_placed(model, folder)
     model.eval()
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config = neutral_generation_config(tokenizer)
+    note = plan.note() if plan is not None else None
+    if note:
+        log.warning("%s: %s", root, note)
     return LoadedModel(model=model, tokenizer=tokenizer, device=dev, dtype=dt, source=root,
-                       weights_format=fmt, seconds=time.perf_counter() - start)
+                       weights_format=fmt, seconds=time.perf_counter() - start,
+                       device_map=plan.device_map if plan is not None else None, notes=[note] if note else [],
+                       offload_dir=offload)
+
+
+def _plan(model: Any, dtype: Any, max_memory: Mapping[Device, int] | None) -> DevicePlan | None:
+    """The device map for ``model`` (empty or loaded): with the caller's budgets always, on CUDA only when
+    it does not fit GPU 0."""
+    if model is None:
+        return None
+    if max_memory is not None:
+        return plan_device_map(model, dtype=dtype, max_memory=max_memory)
+    try:
+        return plan_if_needed(model, dtype=dtype, max_memory=cuda_budgets())
+    except (ValueError, KeyError, RuntimeError) as exc:  # an architecture accelerate cannot plan: load as before
+        log.warning("no device map could be planned (%s); loading onto one GPU", _first_line(exc))
+        return None
+
+
+def _empty_model(folder: Path, *, explicit: bool) -> Any:
+    """The model of the folder's config on the meta device, for planning. Raises on a config that cannot be
+    built when the caller gave budgets; on CUDA's automatic placement such a model loads as before (None)."""
+    config = _load_config(folder)
+    try:
+        return empty_model(config)
+    except (ValueError, KeyError, RuntimeError, ImportError) as exc:
+        if explicit:
+            raise InvalidModelFileError(f"{folder}: cannot plan a device map: {_first_line(exc)}") from None
+        log.warning("%s: no device map could be planned (%s); loading onto one GPU", folder, _first_line(exc))
+        return None
+
+
+def _offload_dir(plan: DevicePlan | None) -> Any:
+    """A temporary folder for weights a plan puts on disk (removed when the LoadedModel is), or None."""
+    if plan is None or "disk" not in plan.devices:
+        return None
+    return tempfile.TemporaryDirectory(prefix="modelaudit-offload-")
+
+
+def _check_placed(model: Any, folder: Path) -> Any:
+    """The device a placed model takes its inputs on: its first weights' (the input embedding's).
+
+    Raises:
+        InvalidModelFileError: the input embedding went to disk: not even the model's first layers fit.
+    """
+    first = next(model.parameters()).device
+    if first.type == "meta":
+        raise InvalidModelFileError(f"{folder}: the model does not fit: not even its input embedding fits the "
+                                    "memory of any device; free memory or use a smaller model")
+    return first
+
+
+def _load_config(folder: Path) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise InvalidModelFileError(f"{folder / 'config.json'}: {_first_line(exc)}") from None
 
 
 def neutral_generation_config(tokenizer: Any, **settings: Any) -> Any:
@@ -142,13 +239,17 @@ def neutral_generation_config(tokenizer: Any, **settings: Any) -> Any:
     return GenerationConfig(**{**base, **settings})
 
 
-def _load_safetensors(folder: Path, dtype: Any) -> Any:
+def _load_safetensors(folder: Path, dtype: Any, plan: DevicePlan | None = None, offload: Any = None) -> Any:
+    """Straight from the files onto the plan's devices when there is one (no whole copy in CPU memory)."""
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
+    placement: dict[str, Any] = {}
+    if plan is not None:
+        placement = {"device_map": plan.device_map, "offload_folder": offload.name if offload is not None else None}
     try:
         return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, use_safetensors=True,
-                                                    trust_remote_code=False)
+                                                    trust_remote_code=False, **placement)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         raise InvalidModelFileError(f"{folder}: cannot load model: {_first_line(exc)}") from None
 
@@ -170,12 +271,9 @@ def _load_gguf(folder: Path, gguf_file: str, dtype: Any) -> Any:
 def _load_bin_weights_only(folder: Path, dtype: Any) -> Any:
     """Build the model from its config and fill it with ``torch.load(weights_only=True)`` tensors."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    try:
-        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as exc:
-        raise InvalidModelFileError(f"{folder / 'config.json'}: {_first_line(exc)}") from None
+    config = _load_config(folder)
     index = folder / "pytorch_model.bin.index.json"
     if index.exists():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))

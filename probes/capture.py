@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from modelaudit.batching import batch_rows, map_batches
 from modelaudit.chat import Messages, render_prompt
 from modelaudit.errors import UsageError
 
@@ -112,7 +113,9 @@ def activations_for_texts(model: Any, tokenizer: Any, texts: Sequence[str], laye
                           batch_size: int = 32) -> dict[int, np.ndarray]:
     """Last-token activations ``{layer: [n_texts, d_model]}`` for already rendered texts, cached.
 
-    Texts are sorted by length before batching (less padding) and returned in the given order.
+    Texts are sorted by length before batching (less padding) and returned in the given order; float32
+    whatever the weights' dtype. ``batch_size`` is the rows per batch on a CPU; on CUDA they come from free
+    memory (``modelaudit.batching``), halved when a batch runs out of memory.
     """
     import torch
 
@@ -125,16 +128,25 @@ def activations_for_texts(model: Any, tokenizer: Any, texts: Sequence[str], laye
         device = next(model.parameters()).device
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         model.eval()
+
+        def longest() -> int:
+            return max(len(r) for r in tokenizer(list(texts), add_special_tokens=False)["input_ids"])
+
         with capture(model, want) as store, torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
+            def run(idx: Sequence[int]) -> Any:
+                for la in want:  # a batch that ran out of memory may have left some layers' captures
+                    store[la].clear()
                 enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
                 enc = {k: v.to(device) for k, v in enc.items()}
-                model(**enc, use_cache=False)
+                model(**enc, use_cache=False, logits_to_keep=1)  # the logits are not needed: one position
+                return torch.stack([store[la][0] for la in want], dim=1)  # [batch, layers, d_model]
+
+            size = batch_rows(model, cpu_rows=batch_size, tokens=longest, kept_positions=1)
+            rows = map_batches(order, run, size=size, what="activation capture")
+        stacked = torch.stack(list(rows))  # [n_texts, layers, d_model] in sorted order
         inverse = np.argsort(np.asarray(order))
-        for la in want:
-            acts = torch.cat(store[la]).numpy()  # [n_texts, d_model] in sorted order
-            _CACHE[(key_m, key_t, la)] = acts[inverse]
+        for j, la in enumerate(want):
+            _CACHE[(key_m, key_t, la)] = stacked[:, j].numpy()[inverse]
     return {la: _CACHE[(key_m, key_t, la)] for la in layers} if texts else {la: np.zeros((0, 0)) for la in layers}
 
 

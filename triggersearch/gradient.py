@@ -15,6 +15,7 @@ import math
 import random
 from typing import Any
 
+from modelaudit.batching import on_cuda
 from modelaudit.chat import PLACEMENTS
 from modelaudit.generation import next_token_probs
 from modelaudit.prompts import benign_prompts
@@ -177,15 +178,29 @@ CPU_PARAMS_MAX = 50_000_000
 one step of 48 proposals x 8 prompts is ~25k tokens, over a minute on 2 cores)."""
 
 
-def skip_reason(model: Any, budget: Any) -> str | None:
-    """Why gradient search (and the target inversion that feeds it) does not run here, or None."""
+def gradient_skip_reason(device_type: str, n_params: int, budget: Any) -> str | None:
+    """Why gradient search (and the target inversion that feeds it) does not run, or None: the rule.
+
+    - A budget without gradient steps (quick) never runs it, on any device.
+    - On CUDA it runs at every budget that has gradient steps (standard, deep), whatever the model's size:
+      a GPU runs a GCG step of a 7B model in about the time a CPU needs for a 135M one.
+    - On a CPU it runs for models up to ``CPU_PARAMS_MAX`` parameters, and for larger ones only when the
+      deep budget asks for it.
+    """
     if budget.gradient_steps <= 0:
         return f"gradient search was off: the {budget.name} budget does not run it; use --budget standard or deep"
-    n_params = sum(p.numel() for p in model.parameters())
-    if next(model.parameters()).device.type == "cpu" and n_params > CPU_PARAMS_MAX and budget.name != "deep":
+    if device_type == "cuda":
+        return None
+    if n_params > CPU_PARAMS_MAX and budget.name != "deep":
         return (f"gradient search was off: the model has over {CPU_PARAMS_MAX // 1_000_000}M parameters, runs on "
                 f"a CPU and the budget is {budget.name}; use --budget deep or a GPU")
     return None
+
+
+def skip_reason(model: Any, budget: Any) -> str | None:
+    """``gradient_skip_reason`` for a loaded model (its first weights' device; a device map's first GPU)."""
+    n_params = sum(p.numel() for p in model.parameters())
+    return gradient_skip_reason("cuda" if on_cuda(model) else "cpu", n_params, budget)
 
 
 def gcg_candidates(ctx: Any) -> list[Candidate]:

@@ -41,7 +41,7 @@ def unaided_search_notes(gradient_ran: bool, findings: list[Finding]) -> list[st
 def run_triggers_stage(ctx: StageContext) -> StageOutput:
     opts = ctx.config.options
     loaded = ctx.model()
-    notes: list[str] = []
+    notes: list[str] = list(loaded.notes)  # weights offloaded to CPU memory or disk: slower, said here
     generators = opts.get("triggers.generators")
     reference = None
     if ctx.base and (generators is None or "gradient" in generators):
