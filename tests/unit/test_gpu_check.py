@@ -47,6 +47,7 @@ def _check_shapes(doc: dict[str, Any]) -> None:
     assert doc["shapes"][1]["config"]["model_type"] == "qwen2"
 
 
+@pytest.mark.slow  # 11-22 s of a benchmark script; the whole dry run below is slow too
 def test_the_dry_run_times_both_shapes_workloads_on_a_cpu(tmp_path: Path) -> None:
     out = tmp_path / "gpu-check-dry-run"
     proc = _run("--dry-run", "--skip-scans", "--out", str(out))
