@@ -126,7 +126,7 @@ def run_probes_stage(ctx: StageContext) -> StageOutput:
     loaded = ctx.model()
     model, tok = loaded.model, loaded.tokenizer
     layers = all_layers(model)
-    notes: list[str] = []
+    notes: list[str] = list(loaded.notes)  # weights offloaded to CPU memory or disk: slower, said here
     checks_run, checks_failed = ["contrast"], []
     reference: dict[str, Any] | None = None
     methods: dict[str, dict[int, Any]] = {"contrast": fit_contrast_probes(model, tok, layers)}
