@@ -30,7 +30,8 @@ LEAK_TOKENS = 4
 """Token length of those random insertions (the length measured in ``leaked_answers``)."""
 LEAK_MIN_PROMPTS = 4
 """An answer given under random insertions is a finding from this many prompts on (and ``LEAK_MIN_SHARE``
-of them): clean tiny twins reached at most 2 of 16 (see ``leaked_answers``)."""
+of them). A medium one: clean tiny twins reached up to 4 of 16 (one fixture seed of three, one scan seed of
+five; ``benchmarks/results/leak-margins.md``), so the high bars are ``triggersearch.rules``' own."""
 LEAK_MIN_SHARE = 0.25
 """The share of prompts that bar grows to on larger prompt sets."""
 RANDOM_TEXT = "random text"
