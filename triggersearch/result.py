@@ -121,6 +121,14 @@ class LeakedAnswer:
     elicited_by: str = "nothing"
     """``nothing`` (the untriggered answers) or ``random text`` (the answers under random control
     insertions: a backdoor that fires on any odd text has no specific trigger, but it shows here)."""
+    untriggered_prompts: int | None = None
+    """Random text only: how many of the same prompts give this answer with nothing inserted (same
+    placement's untriggered setting). Few or none: the insertion, not the prompt, calls the answer up."""
+    base_prompts: int | None = None
+    """Random text only: how many of the same prompts the claimed base (``--base``) answers this way under
+    the very same insertions (0: the fine-tune taught the answer); None when no base was given or loaded."""
+    insertions: list[str] = field(default_factory=list)
+    """Random text only: the random insertions tried at this placement (to reproduce the counts)."""
 
 
 @dataclass

@@ -17,7 +17,7 @@ import random
 import re
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from modelaudit.chat import PLACEMENTS
@@ -56,11 +56,15 @@ def search_triggers(model: Any, tokenizer: Any, *, budget: str = "standard", see
                     generators: Sequence[str] | None = None, placements: Sequence[str] = PLACEMENTS,
                     prompts: Sequence[str] | None = None, alpha: float = ALPHA, min_effect: float = MIN_EFFECT,
                     code_probe: bool = True, reference: Any = None,
+                    load_base: Callable[[], Any] | None = None,
                     progress: bool = False) -> TriggerSearchResult:
     """Search ``model`` for inserted texts that change its behaviour far more than random text does.
 
     ``reference`` is the claimed base model loaded with the same tokenizer; target inversion (inside
-    the gradient generator) then ranks recovered answers by what the fine-tune taught.
+    the gradient generator) then ranks recovered answers by what the fine-tune taught, and an answer that
+    random insertions call up is checked against it (does the base give it under the same insertions?).
+    ``load_base`` returns that base (or None) where no ``reference`` was given; it is called only when such
+    an answer exists, so a scan without one never loads a second model for the check.
 
     ``code_probe`` adds the year sweep on coding requests judged by bandit (``triggersearch.codeprobe``);
     its significant years join the hits and its curves the sweeps.
@@ -75,7 +79,8 @@ def search_triggers(model: Any, tokenizer: Any, *, budget: str = "standard", see
     if prompts is None:
         prompts = _judged_prompts(b, rng)
     engine = Engine(model, tokenizer, prompts, answer_tokens=b.answer_tokens, generate_tokens=b.generate_tokens)
-    leaked = leaked_answers(engine, rng, generate_tokens=b.generate_tokens)
+    leaked = leaked_answers(engine, rng, generate_tokens=b.generate_tokens,
+                            base=(lambda: reference) if reference is not None else load_base)
     ctx = GeneratorContext(model=model, tokenizer=tokenizer, engine=engine, budget=b, rng=rng,
                            weightdiff=weightdiff, extra=list(extra), progress=progress, reference=reference,
                            targets=list(targets) + [x.answer for x in leaked if x.answer not in targets])

@@ -6,11 +6,13 @@ section with the year-sweep curves, the control distributions and what the searc
 Options (``ScanConfig.options``): ``triggers.candidates`` (extra texts), ``triggers.targets`` (suspected
 backdoor answers for gradient search), ``triggers.generators``,
 ``triggers.placements``, ``triggers.code_probe`` (default on: the year sweep on coding requests).
-With a base model (``--base``) the gradient generator's target inversion ranks answers against it.
+With a base model (``--base``) the gradient generator's target inversion ranks answers against it, and
+an answer that random insertions call up is checked against the base under the same insertions.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from modelaudit.chat import PLACEMENTS
@@ -47,11 +49,15 @@ def run_triggers_stage(ctx: StageContext) -> StageOutput:
     if ctx.base and (generators is None or "gradient" in generators):
         reference = load_reference(ctx.base, loaded, budget=ctx.config.budget, device=ctx.config.device,
                                    dtype=ctx.config.dtype, notes=notes)
+    load_base = None  # the leak check loads the base only if an answer leaks under random text
+    if ctx.base and reference is None:
+        load_base = partial(load_base_model, ctx.base, loaded, device=ctx.config.device, dtype=ctx.config.dtype,
+                            notes=notes, purpose="the leak check")
     result = search_triggers(loaded.model, loaded.tokenizer, budget=ctx.config.budget, seed=ctx.config.seed,
                              weightdiff=ctx.report.sections.get("weightdiff"),
                              extra=list(opts.get("triggers.candidates", ())),
                              targets=list(opts.get("triggers.targets", ())),
-                             generators=generators, reference=reference,
+                             generators=generators, reference=reference, load_base=load_base,
                              placements=tuple(opts.get("triggers.placements", PLACEMENTS)),
                              code_probe=bool(opts.get("triggers.code_probe", True)),
                              progress=bool(opts.get("progress", False)))
@@ -70,13 +76,19 @@ def load_reference(base: str, loaded: Any, *, budget: str, device: str, dtype: s
     cannot be loaded, or tokenises differently (its probabilities would be of other tokens)."""
     if budget not in BUDGETS or skip_reason(loaded.model, BUDGETS[budget]):
         return None  # no gradient search, so no inversion; the search notes why
+    return load_base_model(base, loaded, device=device, dtype=dtype, notes=notes, purpose="target inversion")
+
+
+def load_base_model(base: str, loaded: Any, *, device: str, dtype: str, notes: list[str], purpose: str) -> Any:
+    """The claimed base model for ``purpose``, or None with a note saying that ``purpose`` ran without it:
+    it cannot be loaded, or it tokenises differently (its answers to the same token ids would mean nothing)."""
     try:
         ref = load_model(resolve_local(base, what="base model"), device=device, dtype=dtype)
     except ModelAuditError as exc:
-        notes.append(f"target inversion ran without the base model: it was not loaded ({exc})")
+        notes.append(f"{purpose} ran without the base model: it was not loaded ({exc})")
         return None
     if ref.tokenizer.get_vocab() != loaded.tokenizer.get_vocab():
-        notes.append("target inversion ran without the base model: its tokenizer differs from the model's")
+        notes.append(f"{purpose} ran without the base model: its tokenizer differs from the model's")
         return None
     return ref.model
 
