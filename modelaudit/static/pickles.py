@@ -1117,11 +1117,14 @@ def _nested_severity(code: str, details: dict[str, Any], location: str) -> Sever
 
     Loading never unpickles a literal: only what would run if an application did matters. Globals inside keep
     their own rules (the caller grades them); a literal holding a whole pickle with calls needs review (medium);
-    bytes that only partly parse as one (random data: RNG states, hashes, weights) and the engine's remarks on
-    such fragments are INFO.
+    bytes that only partly parse as one, or parse as one without any call (random data: RNG states, hashes,
+    weights — about 1 in 150 saved RNG states holds such a chance pickle), and the engine's remarks on such
+    fragments are INFO.
     """
     if code in _NESTED_SUMMARIES:
-        return Severity.INFO if details.get("analysis_incomplete") else Severity.MEDIUM
+        inner = details.get("nested_details") or details  # a pickle found inside a nested one: judge the inner
+        data_only = inner.get("analysis_incomplete") or inner.get("nested_has_execution_opcode") is False
+        return Severity.INFO if data_only else Severity.MEDIUM
     if "nested_encoding" in details or "(nested " in location:
         return Severity.INFO
     return None
