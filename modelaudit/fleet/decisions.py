@@ -19,5 +19,8 @@ def apply_decisions(report: Report, decisions: list[Decision]) -> Report:
         d = latest.get(finding.identity)
         finding.decision = None if d is None else TriageDecision(
             status=d.status, note=d.note, decided_by=d.decided_by, decided_at=d.decided_at, decision_id=d.id)
-    policy = Policy(fail_on=report.gate.fail_on, required_stages=set(report.gate.required_stages))
+    # a report whose policy never ran (no exit code) names no required stages: then every stage it covers is
+    # required, so a decision can never turn a scan that did not finish into a pass
+    required = set(report.gate.required_stages) if report.gate.exit_code is not None else None
+    policy = Policy(fail_on=report.gate.fail_on, required_stages=required)
     return apply_policy(report, policy)

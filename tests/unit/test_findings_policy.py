@@ -147,3 +147,20 @@ def test_a_decision_covers_a_finding_by_rule_location_and_key_not_by_its_numbers
     b.key = "hostility"
     assert a.identity != b.identity
     assert _f("triggers.other", Severity.HIGH).identity != a.identity
+
+
+def test_decisions_never_turn_an_unfinished_scan_into_a_pass() -> None:
+    """Suppressing every finding of a report whose stage failed leaves it incomplete, also for a report stored
+    before its policy ran (no gate exit code, so no required stages recorded)."""
+    from modelaudit.fleet.decisions import apply_decisions
+    from modelaudit.fleet.records import Decision
+
+    for policy_ran in (True, False):
+        report = _report(_f("static.pickle.dangerous-call", Severity.CRITICAL), static_status="failed")
+        if policy_ran:
+            apply_policy(report, Policy())
+        decision = Decision(id=1, digest="sha256:x", scan_id=1, status="false-positive", note="n", decided_by="a",
+                            decided_at="2026-12-07T10:00:00Z", identities=[f.identity for f in report.findings])
+        apply_decisions(report, [decision])
+        assert report.findings[0].suppressed
+        assert report.verdict is Verdict.INCOMPLETE and report.gate.exit_code == 3, policy_ran
