@@ -19,6 +19,7 @@ from modelaudit.fleet.decisions import apply_decisions
 from modelaudit.fleet.digest import content_digest, scan_settings, settings_fingerprint
 from modelaudit.fleet.records import ScanKey
 from modelaudit.stages import ScanConfig
+from modelaudit.store.views import decided_report
 from modelaudit.target import resolve_target
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ def from_store(store: ScanStore, key: ScanKey) -> Report | None:
     stored = store.lookup(key)
     if stored is None or stored.report is None or key.digest is None:
         return None
-    report = apply_decisions(stored.report, store.decisions_for(key.digest))
+    report = decided_report(store, stored)
     if report.scan is None:  # a report stored without provenance: say at least when it was made
         report.scan = ScanInfo(started_at=stored.stored_at)
     report.scan.stored_scan = stored.id
