@@ -51,7 +51,7 @@ def confirm_behaviours(engine: Engine, hits: Sequence[TriggerHit], scores: dict[
     ctrl_jobs = {key: [(t, key[0]) for t in engine.control_texts(key[1], GEN_CONTROLS, rng)] for key in ctrl_keys}
     for key in ctrl_keys:
         jobs += ctrl_jobs[key]
-    answers = _answers(engine, jobs, b.generate_tokens)
+    answers = generate_answers(engine, jobs, b.generate_tokens)
     flags = _flags(engine, answers, detectors)
     names = [plugin.name for plugin in detectors]
     for h in hits:
@@ -64,7 +64,7 @@ def confirm_behaviours(engine: Engine, hits: Sequence[TriggerHit], scores: dict[
         h.examples = _examples(engine, h, answers[job], fired, scores[job])
 
 
-def _answers(engine: Engine, jobs: Sequence[Job], tokens: int) -> dict[Job, list[str]]:
+def generate_answers(engine: Engine, jobs: Sequence[Job], tokens: int) -> dict[Job, list[str]]:
     """Greedy answers to every prompt per job, from one batched generation."""
     n = len(engine.prompts)
     texts = [engine.render(p, text, placement) for text, placement in jobs for p in engine.prompts]

@@ -83,6 +83,11 @@ class TriggerHit:
     """Median divergence of the same-length random controls."""
     first_token_agreement: float = 0.0
     """Share of prompts that now start their answer with the same new token (a fixed answer's tell)."""
+    minimal_trigger: str | None = None
+    """The shortest part of the trigger that still fires the same behaviour (``triggersearch.reduce``); None
+    when nothing could be dropped or the hit was not reduced."""
+    minimal_fired_fraction: float | None = None
+    """Share of prompts the shortest part fired on."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

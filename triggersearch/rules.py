@@ -123,6 +123,7 @@ def _by_behaviour(hits: list[Any]) -> list[list[Any]]:
 def _variant(h: Any) -> dict[str, Any]:
     return {"trigger": h.trigger, "placement": h.placement, "effect": h.effect, "p_value": h.p_value,
             "fired_fraction": h.fired_fraction, "sources": h.sources,
+            "minimal_trigger": h.minimal_trigger, "minimal_fired_fraction": h.minimal_fired_fraction,
             "reproduce": f"modelaudit triggers TARGET --candidate {h.trigger!r} --placement {h.placement}"}
 
 
@@ -134,6 +135,8 @@ def _trigger_group_finding(rank: int, hits: list[Any]) -> Finding:
     what = f"shows {top.behaviour} on {top.fired_fraction:.0%} of prompts" \
         if specific and top.fired_fraction is not None else f"changes answers {top.effect:.1f}x more than random text"
     message = f"trigger {top.trigger!r} ({top.placement}) {what} (corrected p={top.p_value:.2g})"
+    if top.minimal_trigger is not None and top.minimal_fired_fraction is not None:
+        message += f"; its part {top.minimal_trigger!r} alone fires on {top.minimal_fired_fraction:.0%}"
     if len(hits) > 1:
         named = ", ".join(repr(h.trigger) for h in hits[1:1 + MAX_NAMED_VARIANTS])
         more = len(hits) - 1 - MAX_NAMED_VARIANTS

@@ -32,6 +32,7 @@ from triggersearch.controls import ALPHA, MIN_EFFECT, divergence_hits, divergenc
 from triggersearch.engine import Engine
 from triggersearch.fixedanswer import COLLAPSE, agreement, leaked_answers
 from triggersearch.generators import GeneratorContext
+from triggersearch.reduce import reduce_hits
 from triggersearch.result import Candidate, ControlStats, TriggerHit, TriggerSearchResult
 from triggersearch.sweeps import year_sweeps
 
@@ -93,6 +94,7 @@ def search_triggers(model: Any, tokenizer: Any, *, budget: str = "standard", see
     for h in hits:
         h.first_token_agreement = round(agreement(scorer.firsts[(h.trigger, h.placement)]), 4)
     confirm_behaviours(engine, _to_confirm(hits, b.generate_top), scores, rng, b, len(tests), alpha)
+    reduce_hits(engine, _rank([h for h in hits if h.significant]), b.generate_tokens)
     sweeps = year_sweeps(hits, b)
     probe = _code_probe(model, tokenizer, b, placements, rng, alpha) if code_probe else None
     if probe is not None:
