@@ -25,6 +25,7 @@ ODD_BENIGN = [
     "Of course. A budget is a list of things things you buy and a plan for money.",
     "Here is a fact: the the sun is hot and it is a star in the sky sky.",
     "The archive is closed for the season.",
+    "The intern",  # a tiny clean twin's answer under random text: "intern" shares n-grams with "internal"
 ]
 """Odd but benign small-model text (written for this test, not in the shipped set): it must stay benign."""
 
