@@ -1,18 +1,21 @@
 """The cost model: how long each stage of a scan will take on this device, before it runs.
 
 Each model stage declares its work in units that do not depend on the machine (``StageWork``: tokens through
-forward passes, tokens generated, tokens through forward-and-backward passes, and the batches they come in),
+forward passes, tokens generated, tokens through forward-and-backward passes, the batches they come in, the
+attention's token pairs and the rows rendered around them),
 as a function of the budget and the model's shape (``CostInput``), from the same budget constants the stage
 itself reads, so the two cannot drift. Its ``StageSpec.cost`` names that estimator (``module:function``), which
 is imported only when a scan plans its model stages.
 
 At the start of the model stages the scan measures this device's throughput on the loaded model
-(``measure_throughput``: a few small batches, seconds) as a linear cost per batch and per token for each kind
-of pass, and ``estimate`` turns the work into seconds per stage. The estimate is printed, shown beside each
+(``measure_throughput``: a few small batches, seconds) as a cost per batch, per token and per attended token for
+each kind of pass, and ``plan`` turns the work into seconds per stage. The estimate is printed, shown beside each
 stage's progress, checked against ``ScanConfig.time_limit`` (refused, or the budget narrowed with
 ``ScanConfig.fit``), and recorded in the report beside the time each stage took (``findings.ScanEstimate``).
 
-Light at import: torch is imported only inside ``measure_throughput``; a static-only scan never comes here.
+Light at import: torch is imported only inside ``measure_throughput`` and ``count_work``; a static-only scan
+never comes here. The weight diff and the file checks declare no work: they are bounded by the bytes they read,
+and they have run (their time is ``Plan.spent``) by the time the model stages are estimated.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ from typing import Any
 from modelaudit.chat import DEFAULT_SYSTEM, PREFIX, SYSTEM, insert_trigger, make_messages, render_prompt
 from modelaudit.errors import UsageError
 from modelaudit.findings import Report, ScanEstimate
+from modelaudit.generation import autocast, generate_ids, left_pad
 from modelaudit.progress import tell_estimate
 from modelaudit.prompts import benign_prompts, code_tasks
-
 from modelaudit.stages import BUDGETS, StageContext
 
 GENERATION_BATCH = 32
@@ -55,7 +58,6 @@ KEPT_POSITIONS = 5
 GENERATE_SHAPES = ((2, 48, 16), (16, 48, 16), (8, 128, 16))
 """(rows, prompt tokens, new tokens) of the generation runs that give the cost per decoding step, per generated
 token and per token of context it attends to (the KV cache's cost grows with its length)."""
-"""(rows, new tokens) of the two generation runs that give the cost per decoding step and per generated token."""
 WEIGHT_CONTENT = ("safetensors", "pickle", "pytorch-zip", "gguf")
 """Sniffed content types of weight files."""
 ROW_SAMPLE = 32
@@ -130,15 +132,19 @@ class CostInput:
     """Mean tokens of a rendered code-probe request."""
     system_tokens: int = 0
     """Tokens the tool's own system prompt adds to a rendered prompt (the ``system`` placement's)."""
+    longest_prompt_tokens: int = 0
+    """Tokens of the longest rendered held-out prompt (batches padded to their longest row, as gradient search's)."""
     tokenizer: Any = field(default=None, compare=False)
     """The model's tokenizer (token counts of the texts a stage inserts); None: about four characters a token."""
     model_bytes: int = 0
-    """Bytes of the model's weight files (what the weight diff reads, with the base's)."""
+    """Bytes of the model's weight files."""
     base: str | None = None
     """The claimed base (``--base``), when given."""
     options: dict[str, Any] = field(default_factory=dict, compare=False)
     """The scan's stage options (``ScanConfig.options``)."""
     seed: int = 0
+    tool_version: str = ""
+    """This tool's version (cache entries are keyed by it)."""
 
     def token_length(self, text: str) -> int:
         """Tokens of ``text`` without special tokens."""
@@ -267,7 +273,6 @@ def measure_throughput(model: Any, tokenizer: Any, *, backward: bool = False) ->
     cannot stop early; ``backward`` adds forward-and-backward passes (gradient search, reference training)."""
     import torch
 
-    from modelaudit.generation import autocast, generate_ids, left_pad
 
     start = time.perf_counter()
     device = next(model.parameters()).device
@@ -344,7 +349,6 @@ def _backward(model: Any, batch: Any, device: Any) -> Callable[[], None]:
     weights left untouched."""
     import torch
 
-    from modelaudit.generation import autocast
 
     embed = model.get_input_embeddings()
 
@@ -433,16 +437,18 @@ class TimeLimitError(UsageError):
     """The scan would not finish within ``--time-limit`` (and ``--fit`` found no budget that would)."""
 
 
-def over_limit_message(chosen: Plan, time_limit: float, cheapest: Plan | None, *, fit: bool) -> str:
-    """What the user reads when the estimate does not fit: the estimate, the limit, and what would fit."""
+def over_limit_message(chosen: Plan, time_limit: float, cheapest: Plan | None, *, fit: bool,
+                       fitting: Plan | None = None) -> str:
+    """What the user reads when the estimate does not fit: the estimate, the limit, and what would fit
+    (``fitting``: the largest budget that does, if any)."""
     text = (f"the scan is estimated to take {format_seconds(chosen.total)} ({chosen.describe()}), more than "
             f"--time-limit {time_limit:g} s")
     if fit:
         if cheapest is not None:
             text += f"; no budget fits (the cheapest: {cheapest.describe()})"
         return text + "; raise --time-limit, drop stages (--stages) or use a faster device"
-    if cheapest is not None and cheapest.budget != chosen.budget and cheapest.total <= time_limit:
-        return text + f"; --fit would narrow the budget to {cheapest.budget} ({format_seconds(cheapest.total)})"
+    if fitting is not None and fitting.budget != chosen.budget:
+        return text + f"; --fit would narrow the budget to {fitting.budget} ({format_seconds(fitting.total)})"
     return text + "; raise --time-limit, choose a smaller --budget, or add --fit"
 
 
@@ -511,7 +517,7 @@ def _cached_length(cache: Any) -> int:
 
 
 def cost_input(model: Any, tokenizer: Any, *, base: str | None = None, options: dict[str, Any] | None = None,
-               model_bytes: int = 0, seed: int = 0) -> CostInput:
+               model_bytes: int = 0, seed: int = 0, tool_version: str = "") -> CostInput:
     """What the estimators read about a loaded model: its shape and the token counts of the rendered prompts."""
     def mean_tokens(texts: Sequence[str], system: str | None = None) -> int:
         if not texts:
@@ -520,6 +526,8 @@ def cost_input(model: Any, tokenizer: Any, *, base: str | None = None, options: 
         return round(sum(len(r) for r in ids["input_ids"]) / len(texts))
 
     heldout = [p.prompt for p in benign_prompts("heldout")]
+    longest = max(len(r) for r in tokenizer([render_prompt(tokenizer, make_messages(t)) for t in heldout],
+                                            add_special_tokens=False)["input_ids"])
 
     config = getattr(model.config, "text_config", None) or model.config
     device = next(model.parameters()).device
@@ -527,8 +535,10 @@ def cost_input(model: Any, tokenizer: Any, *, base: str | None = None, options: 
                      hidden=int(config.hidden_size), vocab=int(config.vocab_size), device_type=device.type,
                      prompt_tokens=mean_tokens(heldout),
                      system_tokens=max(0, mean_tokens(heldout, DEFAULT_SYSTEM) - mean_tokens(heldout)),
+                     longest_prompt_tokens=longest,
                      code_prompt_tokens=mean_tokens([t.prompt for t in code_tasks("heldout") + code_tasks("probe")]),
-                     tokenizer=tokenizer, model_bytes=model_bytes, base=base, options=dict(options or {}), seed=seed)
+                     tokenizer=tokenizer, model_bytes=model_bytes, base=base, options=dict(options or {}), seed=seed,
+                     tool_version=tool_version)
 
 
 def weight_bytes(files: Sequence[Any]) -> int:
@@ -559,9 +569,10 @@ def plan_scan(ctx: StageContext, stages: Sequence[tuple[str, str]], *, started: 
     loaded = ctx.model()
     costs = [(name, load_cost(entry)) for name, entry in stages]
     model = cost_input(loaded.model, loaded.tokenizer, base=ctx.base, options=cfg.options,
-                       model_bytes=weight_bytes(ctx.resolved.info.files), seed=cfg.seed)
+                       model_bytes=weight_bytes(ctx.resolved.info.files), seed=cfg.seed,
+                       tool_version=ctx.report.tool_version)
     limit = cfg.time_limit
-    budgets = [b for b in BUDGETS[: BUDGETS.index(cfg.budget) + 1]] if limit is not None and cfg.fit else [cfg.budget]
+    budgets = list(BUDGETS[: BUDGETS.index(cfg.budget) + 1]) if limit is not None else [cfg.budget]
     works = {b: stage_works(costs, b, model) for b in budgets}
     backward = any(w.backward_tokens for per in works.values() for w in per.values())
     throughput = measure_throughput(loaded.model, loaded.tokenizer, backward=backward)
@@ -572,7 +583,7 @@ def plan_scan(ctx: StageContext, stages: Sequence[tuple[str, str]], *, started: 
     if limit is not None and chosen.total > limit:
         fitting = fit_budget(plans, requested=cfg.budget, time_limit=limit, order=BUDGETS)
         if not cfg.fit or fitting is None:
-            raise TimeLimitError(over_limit_message(chosen, limit, plans[budgets[0]], fit=cfg.fit))
+            raise TimeLimitError(over_limit_message(chosen, limit, plans[budgets[0]], fit=cfg.fit, fitting=fitting))
         requested, chosen = cfg.budget, fitting
         ctx.config = dataclasses.replace(cfg, budget=chosen.budget)
     estimate = ScanEstimate(budget=chosen.budget, stages={s.stage: round(s.seconds, 2) for s in chosen.stages},

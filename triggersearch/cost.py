@@ -35,6 +35,10 @@ CONFIRMED_PLACEMENTS = 2
 jobs on the untrained tiny model at quick, where this gives 32)."""
 LEAKED_NGRAMS = 2
 """Assumption: n-grams the leakage generator proposes."""
+GCG_ROW_WEIGHT = 2.5
+"""A GCG row costs this many rows of the work around the model: ``gradient._Objective.loss`` assembles each
+(trigger, prompt) row from embeddings in Python and reads its answer positions one row at a time (measured on the
+tiny model, 16 rows x 49 swaps x 144 steps: 0.6 ms a row beyond the model, against 0.23 ms a rendered prompt)."""
 BANDIT_SECONDS = 0.004
 """Seconds bandit takes to judge one answer's code (measured: ~2 s for 420 short answers on one core)."""
 
@@ -139,14 +143,18 @@ def _gradient_work(b: Budget, model: CostInput, placements: tuple[str, ...]) -> 
         width = lp + 1 + step
         work += model.forward(rows, width, cpu_rows=max(1, 16384 // width), part="target inversion")
     runs = b.gradient_targets * len(PLACEMENTS)
-    width = lp + b.gradient_tokens + TARGET_POSITIONS
-    for _ in range(runs):
-        work += model.forward(OPT_PROMPTS, width, cpu_rows=OPT_PROMPTS, part="gradient: GCG")
-        for _ in range(b.gradient_steps):
-            work += model.backward(OPT_PROMPTS, width, part="gradient: GCG")
-            work += model.forward(_GCG_PROPOSALS * OPT_PROMPTS, width, cpu_rows=_GCG_PROPOSALS * OPT_PROMPTS,
-                                  part="gradient: GCG")
-    return work, runs
+    gcg = StageWork()
+    for placement in PLACEMENTS:  # rows padded to the longest optimisation prompt
+        width = model.longest_prompt_tokens + (model.system_tokens if placement == SYSTEM else 0) + \
+            b.gradient_tokens + TARGET_POSITIONS
+        for _ in range(b.gradient_targets):
+            gcg += model.forward(OPT_PROMPTS, width, cpu_rows=OPT_PROMPTS, part="gradient: GCG")
+            for _ in range(b.gradient_steps):
+                gcg += model.backward(OPT_PROMPTS, width, part="gradient: GCG")
+                gcg += model.forward(_GCG_PROPOSALS * OPT_PROMPTS, width, cpu_rows=_GCG_PROPOSALS * OPT_PROMPTS,
+                                     part="gradient: GCG")
+    gcg.rows = round(gcg.rows * GCG_ROW_WEIGHT)
+    return work + gcg, runs
 
 
 def _code_probe_work(b: Budget, model: CostInput, placements: tuple[str, ...]) -> StageWork:
