@@ -58,6 +58,12 @@ KEPT_POSITIONS = 5
 GENERATE_SHAPES = ((2, 48, 16), (16, 48, 16), (8, 128, 16))
 """(rows, prompt tokens, new tokens) of the generation runs that give the cost per decoding step, per generated
 token and per token of context it attends to (the KV cache's cost grows with its length)."""
+SLOW_MODEL_SECONDS = 0.25
+"""A model whose warm-up forward pass (2 x 32 tokens) takes longer than this (slower than ~250 tokens/s: a 0.5B
+model on a CPU) is measured on the smaller shapes below, so that measuring stays a matter of seconds; at those
+sizes attention is a small share of its time."""
+SMALL_FORWARD_SHAPES = ((1, 16), (4, 32), (2, 64))
+SMALL_GENERATE_SHAPES = ((1, 16, 4), (4, 16, 4), (2, 64, 4))
 WEIGHT_CONTENT = ("safetensors", "pickle", "pytorch-zip", "gguf")
 """Sniffed content types of weight files."""
 ROW_SAMPLE = 32
@@ -296,7 +302,14 @@ def measure_throughput(model: Any, tokenizer: Any, *, backward: bool = False) ->
         return go
 
     forward(*FORWARD_SHAPES[0])()  # warm-up: first-call allocations and kernel selection
-    fwd = [(1.0, r * n, r * n * n, _median_seconds(forward(r, n), sync)) for r, n in FORWARD_SHAPES]
+    sync()
+    t0 = time.perf_counter()
+    forward(*FORWARD_SHAPES[0])()
+    sync()
+    slow = time.perf_counter() - t0 > SLOW_MODEL_SECONDS
+    forward_shapes, generate_shapes = (SMALL_FORWARD_SHAPES, SMALL_GENERATE_SHAPES) if slow else \
+        (FORWARD_SHAPES, GENERATE_SHAPES)
+    fwd = [(1.0, r * n, r * n * n, _median_seconds(forward(r, n), sync)) for r, n in forward_shapes]
     forward_pass, forward_token, forward_pair = _fit(fwd)
     words = [t for t in range(min(vocab, len(tokenizer))) if t not in set(tokenizer.all_special_ids)][:4096] or [0]
 
@@ -311,7 +324,7 @@ def measure_throughput(model: Any, tokenizer: Any, *, backward: bool = False) ->
     generate(1, 8, 2)[0]()  # warm-up
     # generation: prefill (one forward pass) + (new - 1) steps of ``step + rows * token + rows * context * pair``
     steps = []
-    for rows, prompt_len, new in GENERATE_SHAPES:
+    for rows, prompt_len, new in generate_shapes:
         go, n = generate(rows, prompt_len, new)
         seconds = _median_seconds(go, sync)
         prefill = forward_pass + rows * n * forward_token + rows * n * n * forward_pair
