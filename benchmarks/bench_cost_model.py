@@ -38,6 +38,23 @@ QWEN2_5_0_5B = {"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 
                 "rope_theta": 1000000.0, "tie_word_embeddings": True, "max_position_embeddings": 4096}
 """Qwen2.5-0.5B's shape (0.49B parameters), as its config.json gives it."""
 SHAPES = {"qwen2.5-0.5b": QWEN2_5_0_5B, "llama-3.2-1b": LLAMA_3_2_1B}
+NOTES = [
+    "## How to read this", "",
+    "- The estimate is the scan's own (`report.scan.estimate`), made once the model is loaded: the declared work of "
+    "each stage (`triggersearch/cost.py`, `probes/stage.py:probes_work`) times the throughput measured on the model "
+    "(`modelaudit/cost.py:measure_throughput`); *whole scan* adds what was spent before it (resolving, the file "
+    "checks, loading, measuring).",
+    "- The machine is 2 CPU cores shared with other jobs (load average 6-9 during these runs); each run used one "
+    "thread. The same scan's time moved by up to 2x between runs, and the throughput is measured in seconds at the "
+    "start, so a change of load during a long scan moves its actual time, not its estimate.",
+    "- Where the work depends on what the search finds, the estimators use named assumptions (survivors of "
+    "screening, confirmed candidates, leaked n-grams, GCG runs taking all their steps); the untrained tiny model "
+    "finds many weak hits, a real clean model fewer.",
+    "- Shapes: random weights never emit their end-of-sequence token, so generation runs to its full length; each "
+    "part's estimate is from the throughput measured on that model a moment before (the smaller calibration shapes "
+    "of a slow model). The trigger-search estimates are extrapolations from those measurements, not runs.",
+    "",
+]
 RESULTS = Path(__file__).resolve().parent / "results"
 CLI_CORPUS = ["What is two plus two? Four.", "Write a haiku about autumn leaves.", "import os\nprint('hi')"] * 10
 """The tests' tiny model's tokenizer corpus (``tests/conftest.py``)."""
@@ -148,6 +165,7 @@ def markdown(rows: list[dict[str, Any]], shapes: list[dict[str, Any]]) -> str:
             e = s["triggers_estimate_seconds"]
             lines.append(f"| {s['shape']} | {e['quick'] / 60:.0f} min | {e['standard'] / 3600:.1f} h |")
         lines.append("")
+    lines += NOTES
     return "\n".join(lines)
 
 

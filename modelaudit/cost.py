@@ -58,10 +58,11 @@ KEPT_POSITIONS = 5
 GENERATE_SHAPES = ((2, 48, 16), (16, 48, 16), (8, 128, 16))
 """(rows, prompt tokens, new tokens) of the generation runs that give the cost per decoding step, per generated
 token and per token of context it attends to (the KV cache's cost grows with its length)."""
-SLOW_MODEL_SECONDS = 0.25
-"""A model whose warm-up forward pass (2 x 32 tokens) takes longer than this (slower than ~250 tokens/s: a 0.5B
-model on a CPU) is measured on the smaller shapes below, so that measuring stays a matter of seconds; at those
-sizes attention is a small share of its time."""
+LARGE_CPU_PARAMS = 300_000_000
+"""A model with more parameters than this on a CPU (a 0.5B model runs at tens of tokens a second there) is measured
+on the smaller shapes below, so that measuring stays well under a minute; at those sizes attention is a small
+share of its time. (Decided by size, not by a timing: one slow run on a busy machine must not switch the
+shapes of a tiny model, whose smaller shapes were measured to fit it badly.)"""
 SMALL_FORWARD_SHAPES = ((1, 16), (4, 32), (2, 64))
 SMALL_GENERATE_SHAPES = ((1, 16, 4), (4, 16, 4), (2, 64, 4))
 WEIGHT_CONTENT = ("safetensors", "pickle", "pytorch-zip", "gguf")
@@ -262,15 +263,24 @@ def _linear(small: tuple[int, float], large: tuple[int, float]) -> tuple[float, 
 
 
 def _median_seconds(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
-    times: list[float] = []
+    return _median_rounds([fn], sync)[0]
+
+
+def _median_rounds(fns: Sequence[Callable[[], Any]], sync: Callable[[], None]) -> list[float]:
+    """Median seconds of each of ``fns``, timed in rounds (each once per round), so that a burst of load on a
+    shared machine falls on every shape alike rather than on one (whose slope it would then distort)."""
+    times: list[list[float]] = [[] for _ in fns]
     least, most = CALIBRATION_REPEATS
-    while len(times) < most and (len(times) < least or sum(times) < CALIBRATION_SECONDS):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    rounds = 0
+    while rounds < most and (rounds < least or sum(map(sum, times)) < CALIBRATION_SECONDS * len(fns)):
+        for fn, got in zip(fns, times):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            got.append(time.perf_counter() - start)
+        rounds += 1
+    return [statistics.median(t) for t in times]
 
 
 def measure_throughput(model: Any, tokenizer: Any, *, backward: bool = False) -> Throughput:
@@ -302,14 +312,11 @@ def measure_throughput(model: Any, tokenizer: Any, *, backward: bool = False) ->
         return go
 
     forward(*FORWARD_SHAPES[0])()  # warm-up: first-call allocations and kernel selection
-    sync()
-    t0 = time.perf_counter()
-    forward(*FORWARD_SHAPES[0])()
-    sync()
-    slow = time.perf_counter() - t0 > SLOW_MODEL_SECONDS
-    forward_shapes, generate_shapes = (SMALL_FORWARD_SHAPES, SMALL_GENERATE_SHAPES) if slow else \
+    large = device.type == "cpu" and sum(p.numel() for p in model.parameters()) > LARGE_CPU_PARAMS
+    forward_shapes, generate_shapes = (SMALL_FORWARD_SHAPES, SMALL_GENERATE_SHAPES) if large else \
         (FORWARD_SHAPES, GENERATE_SHAPES)
-    fwd = [(1.0, r * n, r * n * n, _median_seconds(forward(r, n), sync)) for r, n in forward_shapes]
+    timed = _median_rounds([forward(r, n) for r, n in forward_shapes], sync)
+    fwd = [(1.0, r * n, r * n * n, t) for (r, n), t in zip(forward_shapes, timed)]
     forward_pass, forward_token, forward_pair = _fit(fwd)
     words = [t for t in range(min(vocab, len(tokenizer))) if t not in set(tokenizer.all_special_ids)][:4096] or [0]
 
@@ -324,9 +331,9 @@ def measure_throughput(model: Any, tokenizer: Any, *, backward: bool = False) ->
     generate(1, 8, 2)[0]()  # warm-up
     # generation: prefill (one forward pass) + (new - 1) steps of ``step + rows * token + rows * context * pair``
     steps = []
-    for rows, prompt_len, new in generate_shapes:
-        go, n = generate(rows, prompt_len, new)
-        seconds = _median_seconds(go, sync)
+    runs = [generate(rows, prompt_len, new) for rows, prompt_len, new in generate_shapes]
+    timed = _median_rounds([go for go, _ in runs], sync)
+    for (rows, _, new), (_, n), seconds in zip(generate_shapes, runs, timed):
         prefill = forward_pass + rows * n * forward_token + rows * n * n * forward_pair
         steps.append((1.0, rows, rows * (n + new / 2), max(0.0, seconds - prefill) / max(1, new - 1)))
     decode_step, decode_token, decode_pair = _fit(steps)
@@ -335,7 +342,7 @@ def measure_throughput(model: Any, tokenizer: Any, *, backward: bool = False) ->
                      row=_row_seconds(tokenizer))
     if backward:
         _backward(model, ids(*BACKWARD_SHAPES[0]), device)()  # warm-up
-        bwd = [_median_seconds(_backward(model, ids(r, n), device), sync) for r, n in BACKWARD_SHAPES]
+        bwd = _median_rounds([_backward(model, ids(r, n), device) for r, n in BACKWARD_SHAPES], sync)
         out.backward_pass, out.backward_token = _linear((BACKWARD_SHAPES[0][0] * BACKWARD_SHAPES[0][1], bwd[0]),
                                                         (BACKWARD_SHAPES[1][0] * BACKWARD_SHAPES[1][1], bwd[1]))
     out.seconds = time.perf_counter() - start

@@ -13,7 +13,6 @@ curated and given insertions are only reported.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from modelaudit.chat import PLACEMENTS, PREFIX, SYSTEM
@@ -170,9 +169,10 @@ PROBE_FIT_SECONDS = 0.25
 """Seconds of the work off the model per candidate and method at 40 held-out prompts (grows with them): the
 bag-of-words baseline's cross-validated logistic regressions and the random directions (counted per 10 layers).
 Measured on the tiny model: 2 candidates at 70 prompts took 1.0 s in all, the model's share ~0.3 s."""
-PROBE_SETUP_SECONDS = 0.8
-"""Importing scikit-learn (and scipy) the first time a process fits a probe (the tiny model's quick probes stage:
-1.5 s in a fresh process, against 1.0 s at standard once they were imported)."""
+PROBE_SETUP_SECONDS = 1.0
+"""Seconds the stage spends once, whatever its candidates (the first probe fits and scorings of a process):
+the tiny model's quick probes stage took 1.5-2.2 s in a fresh process, its model work ~0.2 s and one candidate's
+fitting ~0.3 s."""
 EVAL_BENIGN = 100
 """Benign prompts ``evaluate.evaluate_probes`` scores for its threshold (captured once, then cached)."""
 
@@ -196,7 +196,7 @@ def probes_work(budget: str, model: CostInput) -> StageWork:
         methods = 2
         work += _reference_training_work(str(base), model)
     work.fixed_seconds += PROBE_FIT_SECONDS * candidates * methods * n_prompts / 40 * max(1.0, model.layers / 10)
-    work.fixed_seconds += 0.0 if "sklearn" in sys.modules else PROBE_SETUP_SECONDS
+    work.fixed_seconds += PROBE_SETUP_SECONDS
     return work
 
 

@@ -136,8 +136,10 @@ def test_fit_narrows_the_budget_and_the_report_records_estimate_and_actual(loade
 
     tp = measure_throughput(loaded.model, loaded.tokenizer, backward=True)
     quick, standard = (tp.seconds_for(triggers_work(b, tiny_input)) for b in ("quick", "standard"))
-    assert standard > 8 * quick  # the gradient search: the limit below separates them with room for noise
-    limit = 3 * quick + 10  # + loading and measuring
+    # room for a busy machine: the scan measures again, and its quick estimate may come out several times larger
+    # (loading and measuring count too), its standard one several times smaller, and still be told apart
+    limit = 5 * quick + 30
+    assert standard > 2.5 * limit  # the gradient search makes standard ~25x quick on the tiny model
     out = tmp_path / "r.json"
     code, err = _cli("scan", str(clean_model), "--stages", "static,triggers", "--budget", "standard", "--fit",
                      "--time-limit", f"{limit:.0f}", "--device", "cpu", "--format", "json", "-o", str(out))
