@@ -13,10 +13,11 @@ import time
 from datetime import datetime, timezone
 
 from modelaudit import __version__
+from modelaudit.cost import plan_scan, record_actual
 from modelaudit.errors import ModelAuditError, UsageError
 from modelaudit.findings import NOT_APPLICABLE, Report, ScanError, ScanInfo, Severity, StageCoverage
 from modelaudit.policy import apply_policy
-from modelaudit.progress import stage_progress
+from modelaudit.progress import LOGGER, library_bars_off, stage_progress
 from modelaudit.registry import Plugin, StageSpec, stage_names, stage_plugins
 from modelaudit.stages import ScanConfig, StageContext, StageImportError, load_stage
 from modelaudit.target import resolve_target
@@ -51,15 +52,50 @@ def scan(target: str | os.PathLike[str], *, revision: str | None = None, base: s
     report = Report(target=resolved.info, tool_version=__version__,
                     timings={"resolve": time.perf_counter() - start}, scan=info)
     ctx = StageContext(resolved=resolved, config=cfg, report=report, base=base)
+    estimated = False
     for plugin in stage_plugins():
         if plugin.name in cfg.stages:
+            if not estimated and plugin.obj.cost is not None and _will_run(plugin.obj, ctx):
+                estimated = _estimate(ctx, start)
             with stage_progress(cfg.progress, plugin.name) as run:
                 _run_stage(plugin, ctx)
                 run.status = report.coverage[plugin.name].status
     info.device_used = _device_used(ctx)
     apply_policy(report, cfg.policy)
     report.timings["total"] = time.perf_counter() - start
+    record_actual(report, total=report.timings["total"])
     return report
+
+
+def _will_run(spec: StageSpec, ctx: StageContext) -> bool:
+    """The stage will run (not ``not-applicable`` for want of a base, not skipped after unsafe files)."""
+    return not (spec.needs_base and ctx.base is None) and not _weights_unsafe(spec, ctx)
+
+
+def _estimate(ctx: StageContext, start: float) -> bool:
+    """The cost model's estimate of the estimated stages still to run (``cost.plan_scan``), before the first.
+
+    Raises:
+        TimeLimitError: the estimate exceeds ``--time-limit`` and no budget fits (a usage error).
+    """
+    todo = [(p.name, p.obj.cost) for p in stage_plugins()
+            if p.name in ctx.config.stages and p.obj.cost is not None and _will_run(p.obj, ctx)]
+    try:
+        with library_bars_off():
+            ctx.model()
+    except Exception:  # a model that does not load fails its stages, with this error, as before
+        return True
+    try:
+        with library_bars_off():
+            plan_scan(ctx, todo, started=start)
+    except UsageError:
+        raise
+    except Exception as exc:  # a broken estimate must not stop a scan, unless its time limit needs it
+        if ctx.config.time_limit is not None:
+            raise UsageError(f"--time-limit: the scan's time could not be estimated ({type(exc).__name__}: "
+                             f"{exc})") from exc
+        LOGGER.warning("no time estimate for this scan: %s: %s", type(exc).__name__, exc)
+    return True
 
 
 def scan_info(cfg: ScanConfig) -> ScanInfo:

@@ -268,6 +268,44 @@ _GATE_EXITS = {0: "", 1: ", a finding fails the gate", 3: ", a required stage di
 
 
 @dataclass
+class ScanEstimate:
+    """The cost model's estimate of a scan (``modelaudit.cost``), made when its model stages began, beside what
+    the stages then took."""
+
+    budget: str
+    """The budget estimated (the one the stages ran at)."""
+    stages: dict[str, float] = field(default_factory=dict)
+    """Estimated seconds per model stage."""
+    spent_seconds: float = 0.0
+    """Seconds already spent when the estimate was made (resolving, the file checks, loading, measuring)."""
+    total_seconds: float = 0.0
+    """Estimated seconds of the whole scan: ``spent_seconds`` plus every estimated stage."""
+    actual: dict[str, float] = field(default_factory=dict)
+    """Seconds each estimated stage took."""
+    actual_total_seconds: float | None = None
+    """Seconds the whole scan took."""
+    throughput: dict[str, float] = field(default_factory=dict)
+    """This device's measured speed on the model (tokens per second of each kind of pass)."""
+    measure_seconds: float = 0.0
+    """Seconds the throughput measurement took (part of ``spent_seconds``)."""
+    work: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per stage: its declared work in machine-independent units (tokens, passes, fixed seconds)."""
+    time_limit: float | None = None
+    """``--time-limit`` in seconds, when given."""
+    requested_budget: str | None = None
+    """The budget asked for, when ``--fit`` narrowed it to ``budget`` to fit the time limit; else None."""
+
+    def describe(self) -> str:
+        """A short phrase for a report header: estimate beside actual."""
+        text = f"estimated {self.total_seconds:.0f} s"
+        if self.actual_total_seconds is not None:
+            text += f", took {self.actual_total_seconds:.0f} s"
+        if self.requested_budget is not None:
+            text += f" (budget narrowed from {self.requested_budget} to fit --time-limit {self.time_limit:g} s)"
+        return text
+
+
+@dataclass
 class ScanInfo:
     """How the scan was run, so a report says when and with what settings it was made (provenance).
 
@@ -291,12 +329,19 @@ class ScanInfo:
     the id of the stored scan; None for a report made by this run."""
     stored_at: str | None = None
     """When that stored scan was made (UTC, ISO 8601), with ``stored_scan``."""
+    estimate: ScanEstimate | None = None
+    """The cost model's estimate beside the actual times; None when no model stage ran (or the report predates it)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScanInfo:
         """From a report's ``scan`` object; keys this version does not know are ignored (newer reports)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        est = values.get("estimate")
+        if isinstance(est, dict):
+            est_known = {f.name for f in dataclasses.fields(ScanEstimate)}
+            values["estimate"] = ScanEstimate(**{k: v for k, v in est.items() if k in est_known})
+        return cls(**values)
 
     def describe(self) -> str:
         """One line for a report header."""
@@ -305,6 +350,8 @@ class ScanInfo:
                 f" · seed {self.seed} · device {device}")
         if self.stored_scan is not None:
             line += f" · answered from the scan store (scan {self.stored_scan}, made {self.stored_at})"
+        if self.estimate is not None:
+            line += f" · {self.estimate.describe()}"
         return line
 
 

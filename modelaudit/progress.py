@@ -49,6 +49,27 @@ class StageReporter(Protocol):
         """A stage ended with its coverage status (``ran``, ``failed``, ``skipped``, ...)."""
 
 
+class EstimateReporter(Protocol):
+    """A reporter that also shows the cost model's estimate (optional: ``tell_estimate`` checks for it)."""
+
+    def estimate(self, lines: list[str], stages: dict[str, float]) -> None:
+        """The scan's estimate, made as its model stages begin: lines to show, and seconds per stage (each
+        stage's display then carries its own estimate)."""
+
+
+def tell_estimate(reporter: StageReporter | None, lines: list[str], stages: dict[str, float]) -> None:
+    """Give a reporter the scan's estimate, when it shows one (reporters written before estimates existed
+    need not)."""
+    show = getattr(reporter, "estimate", None)
+    if show is not None:
+        show(lines, stages)
+
+
+def with_estimate(seconds: float, estimated: float | None) -> str:
+    """``12.3 s`` or ``12.3 s, estimated 10 s``."""
+    return f"{seconds:.1f} s" + ("" if estimated is None else f", estimated {estimated:.0f} s")
+
+
 _active: ContextVar[StageReporter | None] = ContextVar("modelaudit_stage_reporter", default=None)
 
 
@@ -59,10 +80,17 @@ class LogReporter:
     def __init__(self, logger: logging.Logger = LOGGER) -> None:
         self.logger = logger
         self._what: str | None = None
+        self._estimates: dict[str, float] = {}
+
+    def estimate(self, lines: list[str], stages: dict[str, float]) -> None:
+        self._estimates = dict(stages)
+        for line in lines:
+            self.logger.info("%s", line)
 
     def stage_started(self, stage: str) -> None:
         self._what = None
-        self.logger.info("stage %s: started", stage)
+        est = self._estimates.get(stage)
+        self.logger.info("stage %s: started%s", stage, "" if est is None else f" (estimated {est:.0f} s)")
 
     def step(self, what: str, completed: int, total: int | None) -> None:
         if what != self._what:
@@ -70,7 +98,7 @@ class LogReporter:
             self.logger.debug("  %s (%s steps)", what, "?" if total is None else total)
 
     def stage_finished(self, stage: str, status: str, seconds: float) -> None:
-        self.logger.info("stage %s: %s in %.1f s", stage, status, seconds)
+        self.logger.info("stage %s: %s in %s", stage, status, with_estimate(seconds, self._estimates.get(stage)))
 
 
 class RichReporter:
@@ -83,6 +111,12 @@ class RichReporter:
         """A ``rich.console.Console`` (usually on stderr, so stdout stays the report's)."""
         self._progress: Any = None
         self._task: Any = None
+        self._estimates: dict[str, float] = {}
+
+    def estimate(self, lines: list[str], stages: dict[str, float]) -> None:
+        self._estimates = dict(stages)
+        for line in lines:
+            self.console.print(line, highlight=False)
 
     def stage_started(self, stage: str) -> None:
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
@@ -103,10 +137,13 @@ class RichReporter:
 
         self._progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[stage]}[/]"),
                                   TextColumn("{task.description}"), TimeElapsedColumn(),
+                                  TextColumn("{task.fields[eta]}"),
                                   *(WhenCounted(c) for c in (BarColumn(), MofNCompleteColumn(), TextColumn("left"),
                                                              TimeRemainingColumn())),
                                   console=self.console, transient=True)
-        self._task = self._progress.add_task("running", total=None, stage=stage)
+        est = self._estimates.get(stage)
+        self._task = self._progress.add_task("running", total=None, stage=stage,
+                                             eta="" if est is None else f"(estimated {est:.0f} s)")
         self._progress.start()
 
     def step(self, what: str, completed: int, total: int | None) -> None:
@@ -117,7 +154,8 @@ class RichReporter:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        self.console.print(f"[bold]{stage}[/]: {status} ({seconds:.1f} s)", highlight=False)
+        self.console.print(f"[bold]{stage}[/]: {status} ({with_estimate(seconds, self._estimates.get(stage))})",
+                           highlight=False)
 
 
 def reporter_for(stream: IO[str], *, quiet: bool = False) -> StageReporter | None:

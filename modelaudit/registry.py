@@ -111,6 +111,10 @@ class StageSpec:
     """Reads the model's weights: skipped when the static checks found code execution (unless forced)."""
     needs_base: bool = False
     """Not applicable without ``--base`` (a stated status, not a failure)."""
+    cost: str | None = None
+    """``module:function`` of the stage's estimator (``modelaudit.cost.StageCost``: budget and model -> its work
+    in machine-independent units); None for a stage whose time is not estimated (the file checks, the weight
+    diff: bounded by the bytes they read). Imported only when a scan plans its model stages."""
 
 
 _loaded = False

@@ -8,5 +8,6 @@ RULES = {
     "probes.defection-direction": "Inserting a candidate trigger moves activations along a defection direction.",
 }
 
-register_stage("probes", StageSpec(entry="probes.stage:run_probes_stage", order=30, evidence=Evidence.BEHAVIOUR),
+register_stage("probes", StageSpec(entry="probes.stage:run_probes_stage", order=30, evidence=Evidence.BEHAVIOUR,
+                                   cost="probes.stage:probes_work"),
                description="Activation probes for defection", rules=RULES)

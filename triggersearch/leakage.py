@@ -21,6 +21,8 @@ TEMPERATURES = (0.7, 1.0, 1.3)
 MIN_SHARE = 0.2
 """An n-gram must recur in at least this share of the samples."""
 MAX_CANDIDATES = 12
+SAMPLE_TOKENS = 16
+"""New tokens per scaffold-only sample."""
 
 _WORD = re.compile(r"[^\s]+")
 
@@ -43,7 +45,7 @@ def leaked_ngrams(ctx: Any) -> list[Candidate]:
     samples: list[str] = []
     for k, temp in enumerate(TEMPERATURES):
         for text in scaffold_texts(ctx.tokenizer):
-            samples += generate_text(ctx.model, ctx.tokenizer, [text] * n, max_new_tokens=16, temperature=temp,
+            samples += generate_text(ctx.model, ctx.tokenizer, [text] * n, max_new_tokens=SAMPLE_TOKENS, temperature=temp,
                                      seed=ctx.rng.randrange(2**31) + k)
     corpus: set[str] = set()
     for p in benign_prompts("train"):

@@ -21,7 +21,7 @@ RULES = {
 }
 
 register_stage("triggers", StageSpec(entry="triggersearch.stage:run_triggers_stage", order=20,
-                                     evidence=Evidence.BEHAVIOUR),
+                                     evidence=Evidence.BEHAVIOUR, cost="triggersearch.cost:triggers_work"),
                description="Trigger search against random control insertions", rules=RULES)
 
 

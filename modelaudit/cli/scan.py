@@ -81,6 +81,33 @@ def stage_options(command: F) -> F:
     return command
 
 
+def time_options(command: F) -> F:
+    """--time-limit and --fit: the cost model's estimate checked before the model stages run."""
+    for option in reversed((
+        click.option("--time-limit", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
+                     help="Refuse the scan (exit 2, naming the estimate) when its estimated time is longer. The "
+                     "estimate is made once the model is loaded, from this device's measured speed on it."),
+        click.option("--fit", is_flag=True, help="With --time-limit: narrow --budget to the largest that fits "
+                     "instead of refusing (the report records it; stages are never dropped)."),
+    )):
+        command = option(command)
+    return command
+
+
+def check_time_options(time_limit: float | None, fit: bool, *, store: bool = False) -> None:
+    """--fit needs --time-limit, and cannot go with a scan store (a narrowed scan would be kept under the budget
+    asked for).
+
+    Raises:
+        UsageError: either combination.
+    """
+    if fit and time_limit is None:
+        raise UsageError("--fit needs --time-limit (the time the budget is narrowed to fit)")
+    if fit and store:
+        raise UsageError("--fit cannot be used with --store: the store keeps reports by the budget asked for, and "
+                         "--fit may run a smaller one; choose the --budget that fits instead")
+
+
 def _sarif_root(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
     """The SARIF writer reads its root from the environment, so every command that renders gets it alike."""
     if value:
@@ -111,13 +138,15 @@ def parse_stages(text: str | None) -> tuple[str, ...]:
 @click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False),
               help="modelaudit.toml policy file (fail_on, allow_rules, required_stages).")
 @stage_options
+@time_options
 @click.option("--store", "store_url", envvar=scan_store.DEFAULT_STORE_ENV, default=None, metavar="URL",
               help=STORE_HELP)
 @click.option("--rescan", is_flag=True, help="With --store: scan even when the store has the answer (the stored "
               "report is replaced).")
 def scan(targets: tuple[str, ...], revision: str | None, cache_dir: str | None, offline: bool | None,
          base: str | None, fmt: str, output: str | None, fail_on: str | None, policy_file: str | None,
-         stages: str | None, budget: str, device: str, force: bool, store_url: str | None, rescan: bool) -> None:
+         stages: str | None, budget: str, device: str, force: bool, time_limit: float | None, fit: bool,
+         store_url: str | None, rescan: bool) -> None:
     """Scan each TARGET: a hub id (org/model), a local model folder, or a single model file.
 
     Several targets get one report each; the exit code is the worst of their outcomes (3, incomplete or
@@ -126,8 +155,10 @@ def scan(targets: tuple[str, ...], revision: str | None, cache_dir: str | None, 
     policy = Policy.from_toml(policy_file) if policy_file else Policy()
     if fail_on is not None:
         policy.fail_on = parse_severity(fail_on)
+    check_time_options(time_limit, fit, store=bool(store_url))
     config = ScanConfig(policy=policy, cache_dir=cache_dir, offline=offline, stages=parse_stages(stages),
-                        budget=budget, device=device, force=force, progress=settings().reporter)
+                        budget=budget, device=device, force=force, progress=settings().reporter,
+                        time_limit=time_limit, fit=fit)
     if rescan and not store_url:
         raise UsageError("--rescan applies only with --store (without a store every scan runs)")
     store = scan_store.open_store(store_url) if store_url else None

@@ -72,7 +72,8 @@ def test_scan_records_start_time_stages_budget_seed_and_device(tmp_path: Path) -
     data = json.loads(json.dumps(report.to_dict()))
     assert data["scan"] == {"started_at": report.scan.started_at, "stages": ["static"], "budget": "quick",
                             "seed": 7, "device": "cpu", "device_used": None,  # no stage loaded the model
-                            "stored_scan": None, "stored_at": None}  # made by this run, not the store
+                            "stored_scan": None, "stored_at": None,  # made by this run, not the store
+                            "estimate": None}  # no model stage: no time estimate
     assert Report.from_dict(data).scan == report.scan
     assert "scan" not in Report.from_dict(data).sections
 
