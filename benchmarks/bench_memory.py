@@ -182,10 +182,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def measure(model: str, *, stages: str, budget: str, device: str, fresh_reference: bool) -> dict[str, Any]:
     base, target = smollm2_pair() if model == "smollm2" else tiny_pair()
-    cache = WORK / "reference-cache"
-    if fresh_reference:
-        shutil.rmtree(cache, ignore_errors=True)
-    got = run_scan(target, base, stages=stages, budget=budget, device=device, reference_cache=cache)
+    WORK.mkdir(parents=True, exist_ok=True)
+    cache = Path(tempfile.mkdtemp(dir=WORK, prefix="reference-cache-")) if fresh_reference else WORK / "reference-cache"
+    try:
+        got = run_scan(target, base, stages=stages, budget=budget, device=device, reference_cache=cache)
+    finally:
+        if fresh_reference:
+            shutil.rmtree(cache, ignore_errors=True)
     weights = weight_bytes(target)
     bound = bound_bytes(weights)
     return {"model": model, "target": str(target), "base": str(base), "stages": stages, "budget": budget,
