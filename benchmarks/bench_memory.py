@@ -213,7 +213,8 @@ def to_markdown(doc: dict[str, Any]) -> str:
     mib = 2**20
     lines = [f"# Peak memory of a scan ({doc['machine']})", "",
              f"Bound: peak RSS <= {WEIGHTS_FACTOR} x weights + {CONSTANT_BYTES // mib} MiB "
-             "(`benchmarks/bench_memory.py`: WEIGHTS_FACTOR, CONSTANT_BYTES). Max RSS from `/usr/bin/time -v`.", "",
+             "(`benchmarks/bench_memory.py`: WEIGHTS_FACTOR, CONSTANT_BYTES). Peak RSS: the larger of `/usr/bin/time -v` and "
+             "every stage's own peak (see the module doc).", "",
              "| code | model | stages | budget | reference probe | weights MiB | peak RSS MiB | ratio | bound MiB | within | s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["runs"]:
