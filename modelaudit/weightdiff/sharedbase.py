@@ -99,7 +99,11 @@ def _share(base: Path, loaded: LoadedModel) -> tuple[Any, int] | None:
     memo: dict[int, Any] = {ident: replace.get(ident, tensor) for ident, (tensor, _) in named.items()}
     for b in model.buffers():  # computed buffers (rotary frequencies): equal configs, so shared
         memo.setdefault(id(b), b)
-    twin = copy.deepcopy(model, memo)
+    try:
+        twin = copy.deepcopy(model, memo)
+    except Exception as exc:  # an attribute of some architecture that cannot be copied: load the base whole
+        log.debug("%s: the model's module tree cannot be copied (%s); the base is loaded whole", base, exc)
+        return None
     twin.name_or_path = twin.config._name_or_path = str(base)  # the activation cache keys models by this
     return twin, own
 
