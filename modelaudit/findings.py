@@ -267,6 +267,10 @@ class Gate:
 _GATE_EXITS = {0: "", 1: ", a finding fails the gate", 3: ", a required stage did not finish"}
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
 @dataclass
 class ScanEstimate:
     """The cost model's estimate of a scan (``modelaudit.cost``), made when its model stages began, beside what
@@ -331,6 +335,11 @@ class ScanInfo:
     """When that stored scan was made (UTC, ISO 8601), with ``stored_scan``."""
     estimate: ScanEstimate | None = None
     """The cost model's estimate beside the actual times; None when no model stage ran (or the report predates it)."""
+    peak_memory_bytes: int | None = None
+    """Peak resident memory of the scanning process by the end of the scan, in bytes (``modelaudit.memory``:
+    the kernel's high-water mark, so it includes what the process held before); None where not reported."""
+    peak_gpu_memory_bytes: int | None = None
+    """Peak GPU memory torch allocated in the process, in bytes; None when no stage used a GPU."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScanInfo:
@@ -348,6 +357,10 @@ class ScanInfo:
         device = self.device if self.device_used in (None, self.device) else f"{self.device} ({self.device_used})"
         line = (f"started {self.started_at} · stages {', '.join(self.stages) or 'none'} · budget {self.budget}"
                 f" · seed {self.seed} · device {device}")
+        if self.peak_memory_bytes is not None:
+            line += f" · peak memory {_mib(self.peak_memory_bytes)}"
+            if self.peak_gpu_memory_bytes is not None:
+                line += f" (GPU {_mib(self.peak_gpu_memory_bytes)})"
         if self.stored_scan is not None:
             line += f" · answered from the scan store (scan {self.stored_scan}, made {self.stored_at})"
         if self.estimate is not None:

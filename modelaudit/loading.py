@@ -184,7 +184,7 @@ def _plan(model: Any, dtype: Any, max_memory: Mapping[Device, int] | None) -> De
 def _empty_model(folder: Path, *, explicit: bool) -> Any:
     """The model of the folder's config on the meta device, for planning. Raises on a config that cannot be
     built when the caller gave budgets; on CUDA's automatic placement such a model loads as before (None)."""
-    config = _load_config(folder)
+    config = load_config(folder)
     try:
         return empty_model(config)
     except (ValueError, KeyError, RuntimeError, ImportError) as exc:
@@ -214,7 +214,12 @@ def _check_placed(model: Any, folder: Path) -> Any:
     return first
 
 
-def _load_config(folder: Path) -> Any:
+def load_config(folder: Path) -> Any:
+    """The model's config from ``config.json`` (no remote code).
+
+    Raises:
+        InvalidModelFileError: the config cannot be read.
+    """
     from transformers import AutoConfig
 
     try:
@@ -273,7 +278,7 @@ def _load_bin_weights_only(folder: Path, dtype: Any) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    config = _load_config(folder)
+    config = load_config(folder)
     index = folder / "pytorch_model.bin.index.json"
     if index.exists():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))

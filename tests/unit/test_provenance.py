@@ -70,10 +70,13 @@ def test_scan_records_start_time_stages_budget_seed_and_device(tmp_path: Path) -
     assert report.scan.started_at.endswith("Z") and started.tzinfo is not None
     assert before <= started <= datetime.now(timezone.utc) + timedelta(seconds=1)
     data = json.loads(json.dumps(report.to_dict()))
-    assert data["scan"] == {"started_at": report.scan.started_at, "stages": ["static"], "budget": "quick",
-                            "seed": 7, "device": "cpu", "device_used": None,  # no stage loaded the model
-                            "stored_scan": None, "stored_at": None,  # made by this run, not the store
-                            "estimate": None}  # no model stage: no time estimate
+    fields = dict(data["scan"])
+    assert fields.pop("peak_memory_bytes") > 0  # the process's peak memory, measured (issue 21)
+    assert fields == {"started_at": report.scan.started_at, "stages": ["static"], "budget": "quick",
+                      "seed": 7, "device": "cpu", "device_used": None,  # no stage loaded the model
+                      "stored_scan": None, "stored_at": None,  # made by this run, not the store
+                      "peak_gpu_memory_bytes": None,  # no GPU used
+                      "estimate": None}  # no model stage: no time estimate
     assert Report.from_dict(data).scan == report.scan
     assert "scan" not in Report.from_dict(data).sections
 
