@@ -28,10 +28,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from modelaudit.chat import DEFAULT_SYSTEM, PREFIX, SYSTEM, insert_trigger, make_messages, render_prompt
+from modelaudit.chat import DEFAULT_SYSTEM, PLACEMENTS, PREFIX, SYSTEM, insert_trigger, make_messages, render_prompt
 from modelaudit.errors import UsageError
 from modelaudit.findings import Report, ScanEstimate
 from modelaudit.generation import autocast, generate_ids, left_pad
+from modelaudit.prefixshare import MIN_SHARED, shared_length
 from modelaudit.progress import tell_estimate
 from modelaudit.prompts import benign_prompts, code_tasks
 from modelaudit.stages import BUDGETS, StageContext
@@ -141,6 +142,9 @@ class CostInput:
     """Tokens the tool's own system prompt adds to a rendered prompt (the ``system`` placement's)."""
     longest_prompt_tokens: int = 0
     """Tokens of the longest rendered held-out prompt (batches padded to their longest row, as gradient search's)."""
+    shared_tokens: dict[str, int] = field(default_factory=dict, compare=False)
+    """Per placement: leading tokens every rendered prompt with an insertion there has in common (the template's
+    opening), which scoring runs once per batch (``modelaudit.prefixshare``)."""
     tokenizer: Any = field(default=None, compare=False)
     """The model's tokenizer (token counts of the texts a stage inserts); None: about four characters a token."""
     model_bytes: int = 0
@@ -171,12 +175,23 @@ class CostInput:
             return max(1, CUDA_BATCH_TOKENS // max(1, tokens))
         return cpu_rows
 
-    def forward(self, rows: int, tokens: int, *, cpu_rows: int | None = None, part: str = "") -> StageWork:
-        """``rows`` rows of ``tokens`` tokens through forward passes, batched as the scan's code batches them."""
+    def forward(self, rows: int, tokens: int, *, cpu_rows: int | None = None, shared: int = 0,
+                part: str = "") -> StageWork:
+        """``rows`` rows of ``tokens`` tokens through forward passes, batched as the scan's code batches them;
+        ``shared`` leading tokens of each batch run once (``modelaudit.prefixshare``) where there are enough."""
         per = cpu_rows if cpu_rows is not None else max(1, min(SCORING_BATCH_ROWS, SCORING_BATCH_TOKENS // max(1, tokens)))
         n = batches(rows, self.rows_per_batch(per, tokens))
-        return StageWork(forward_tokens=rows * tokens, forward_passes=n, rows=rows, forward_pairs=rows * tokens * tokens,
-                         parts={part: rows * tokens} if part else {})
+        if shared < MIN_SHARED or shared >= tokens:
+            return StageWork(forward_tokens=rows * tokens, forward_passes=n, rows=rows,
+                             forward_pairs=rows * tokens * tokens, parts={part: rows * tokens} if part else {})
+        own = tokens - shared
+        return StageWork(forward_tokens=rows * own + n * shared, forward_passes=2 * n, rows=rows,
+                         forward_pairs=rows * own * tokens + n * shared * shared,
+                         parts={part: rows * own + n * shared} if part else {})
+
+    def scored_shared(self, placement: str) -> int:
+        """Leading tokens the scoring of insertions at ``placement`` runs once per batch."""
+        return self.shared_tokens.get(placement, 0)
 
     def generate(self, rows: int, prompt_tokens: int, new_tokens: int, *, cpu_rows: int = GENERATION_BATCH,
                  part: str = "") -> StageWork:
@@ -546,6 +561,15 @@ def cost_input(model: Any, tokenizer: Any, *, base: str | None = None, options: 
         return round(sum(len(r) for r in ids["input_ids"]) / len(texts))
 
     heldout = [p.prompt for p in benign_prompts("heldout")]
+
+    def shared(placement: str) -> int:
+        """Common leading tokens of two held-out prompts with two different insertions at ``placement``."""
+        system = DEFAULT_SYSTEM if placement == SYSTEM else None
+        a, b = (tokenizer(render_prompt(tokenizer, insert_trigger(p, t, placement, system=system)),
+                          add_special_tokens=False)["input_ids"]
+                for p, t in ((heldout[0], "alpha"), (heldout[1], "omega zeta")))
+        return shared_length([a, b], keep=1)
+
     longest = max(len(r) for r in tokenizer([render_prompt(tokenizer, make_messages(t)) for t in heldout],
                                             add_special_tokens=False)["input_ids"])
 
@@ -555,7 +579,7 @@ def cost_input(model: Any, tokenizer: Any, *, base: str | None = None, options: 
                      hidden=int(config.hidden_size), vocab=int(config.vocab_size), device_type=device.type,
                      prompt_tokens=mean_tokens(heldout),
                      system_tokens=max(0, mean_tokens(heldout, DEFAULT_SYSTEM) - mean_tokens(heldout)),
-                     longest_prompt_tokens=longest,
+                     longest_prompt_tokens=longest, shared_tokens={pl: shared(pl) for pl in PLACEMENTS},
                      code_prompt_tokens=mean_tokens([t.prompt for t in code_tasks("heldout") + code_tasks("probe")]),
                      tokenizer=tokenizer, model_bytes=model_bytes, base=base, options=dict(options or {}), seed=seed,
                      tool_version=tool_version)

@@ -26,7 +26,7 @@ NEUTRAL = ("modelaudit.lazy", "modelaudit.chat", "modelaudit.prompts", "modelaud
            "modelaudit.errors", "modelaudit.registry", "modelaudit.stages", "modelaudit.policy",
            "modelaudit.generation", "modelaudit.loading", "modelaudit.target", "modelaudit.weightdiff",
            "modelaudit.static", "modelaudit.progress", "modelaudit.batching", "modelaudit.devicemap",
-           "modelaudit.fleet.digest", "modelaudit.cost")
+           "modelaudit.fleet.digest", "modelaudit.cost", "modelaudit.prefixshare")
 """Layers shared by training and detection: they import no detection package, no trainer, no CLI.
 ``fleet.digest`` is the one content digest of a model (the scan store's key and the reference-probe cache's)."""
 

@@ -17,7 +17,7 @@ from typing import Any
 from modelaudit.chat import PLACEMENTS, PREFIX, SYSTEM
 from modelaudit.cost import CostInput, StageWork
 from triggersearch.budgets import BUDGETS, Budget
-from triggersearch.codeprobe import CODE_PHRASING, code_probe_prompts
+from triggersearch.codeprobe import CODE_PHRASING, code_probe_prompts, first_half
 from triggersearch.confirm import GEN_CONTROLS
 from triggersearch.controls import length_bucket
 from triggersearch.fixedanswer import LEAK_CONTROLS, LEAK_TOKENS
@@ -39,6 +39,9 @@ GCG_ROW_WEIGHT = 2.5
 """A GCG row costs this many rows of the work around the model: ``gradient._Objective.loss`` assembles each
 (trigger, prompt) row from embeddings in Python and reads its answer positions one row at a time (measured on the
 tiny model, 16 rows x 49 swaps x 144 steps: 0.6 ms a row beyond the model, against 0.23 ms a rendered prompt)."""
+CODE_YEARS_GOING_ON = 0.25
+"""Assumption: share of the code probe's (year, placement) pairs still in reach of a hit after the first half of the
+coding requests (``codeprobe.could_reach``), which are answered on the rest too."""
 BANDIT_SECONDS = 0.004
 """Seconds bandit takes to judge one answer's code (measured: ~2 s for 420 short answers on one core)."""
 
@@ -60,7 +63,8 @@ def triggers_work(budget: str, model: CostInput) -> StageWork:
     work = StageWork()
     for family in {(SYSTEM if pl == SYSTEM else PREFIX) for pl in placements}:  # once per baseline family
         work += model.generate(p, model.placed_tokens(family), g, part="baseline answers")
-        work += model.forward(p, model.placed_tokens(family) + a, part="baseline scoring")
+        work += model.forward(p, model.placed_tokens(family) + a, shared=model.scored_shared(family),
+                              part="baseline scoring")
     leak_lp = round(sum(model.placed_tokens(pl) for pl in PLACEMENTS) / len(PLACEMENTS))
     work += model.generate(LEAK_CONTROLS * len(PLACEMENTS) * p, leak_lp + LEAK_TOKENS, g, part="leak controls")
 
@@ -87,12 +91,15 @@ def triggers_work(budget: str, model: CostInput) -> StageWork:
         tests += runs
     mean_len = sum(lengths) / len(lengths)
     screen = min(b.screen_prompts, p)
-    work += model.forward(tests * screen, int(lp + mean_len + a), part="screening")
+    shared = round(sum(model.scored_shared(pl) for pl in placements) / len(placements))
+    work += model.forward(tests * screen, int(lp + mean_len + a), shared=shared, part="screening")
     buckets = sorted({length_bucket(n) for n in lengths})
     for pl in placements:
         for bucket in buckets:
-            work += model.forward(b.controls * p, model.placed_tokens(pl) + bucket + a, part="controls")
-    work += model.forward(int(SURVIVOR_SHARE * tests) * (p - screen), int(lp + mean_len + a), part="survivors")
+            work += model.forward(b.controls * p, model.placed_tokens(pl) + bucket + a,
+                                  shared=model.scored_shared(pl), part="controls")
+    work += model.forward(int(SURVIVOR_SHARE * tests) * (p - screen), int(lp + mean_len + a), shared=shared,
+                          part="survivors")
     confirmed = b.generate_top * min(CONFIRMED_PLACEMENTS, len(placements))
     control_keys = min(confirmed, len(placements) * len(buckets))
     work += model.generate((confirmed + control_keys * GEN_CONTROLS) * p, int(lp + mean_len), g,
@@ -158,8 +165,9 @@ def _gradient_work(b: Budget, model: CostInput, placements: tuple[str, ...]) -> 
 
 
 def _code_probe_work(b: Budget, model: CostInput, placements: tuple[str, ...]) -> StageWork:
-    """The code probe: every year, the controls and the untriggered request at each code placement, answered with
-    ``code_tokens`` and judged by bandit."""
+    """The code probe: at each code placement the controls and the untriggered request on every coding request,
+    every year on the first half of them and the years still in reach (``CODE_YEARS_GOING_ON``) on the rest, answered
+    with ``code_tokens`` and judged by bandit."""
     if not model.options.get("triggers.code_probe", True):
         return StageWork()
     places = [pl for pl in b.code_placements if pl in placements]
@@ -167,12 +175,13 @@ def _code_probe_work(b: Budget, model: CostInput, placements: tuple[str, ...]) -
     if not (n_prompts and places):
         return StageWork()
     years = b.code_years[1] - b.code_years[0] + 1
-    rows = (years + b.code_controls + 1) * len(places) * n_prompts
+    first = first_half(n_prompts)
+    per_place = round((b.code_controls + 1) * n_prompts + years * first
+                      + CODE_YEARS_GOING_ON * years * (n_prompts - first))
     phrase = model.token_length(CODE_PHRASING.format(year=b.code_years[0]))
-    per_place = (years + b.code_controls + 1) * n_prompts
     work = StageWork()
     for pl in places:
         work += model.generate(per_place, model.placed_tokens(pl, code=True) + phrase, b.code_tokens, cpu_rows=64,
                                part="code probe")
-    work.fixed_seconds += rows * BANDIT_SECONDS
+    work.fixed_seconds += per_place * len(places) * BANDIT_SECONDS
     return work

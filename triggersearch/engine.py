@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelaudit.batching import batch_rows, map_batches, on_cuda
-from modelaudit.generation import autocast, generate_ids, left_pad
+from modelaudit.generation import generate_ids
+from modelaudit.prefixshare import PrefixSharing
 from modelaudit.chat import DEFAULT_SYSTEM, PREFIX, SYSTEM, insert_trigger, render_prompt
 
 
@@ -56,6 +57,7 @@ class Engine:
         self._baselines: dict[str, Baseline] = {}
         self._prompt_ids: dict[tuple[str, str, int], list[int]] = {}
         self._pool: list[int] | None = None
+        self._sharing = PrefixSharing(model)
 
     # ------------------------------------------------------------------------------------- texts
 
@@ -156,12 +158,10 @@ class Engine:
             return max(1, min(self.batch_size * 4, budget_tokens // max(1, len(seqs[order[j]][0]))))
 
         def run(idx: Sequence[int]) -> list[Any]:
-            ids, mask, pos = left_pad([seqs[k][0] for k in idx], pad)
+            rows = [seqs[k][0] for k in idx]
             keep = max(seqs[k][1] for k in idx) + 1  # only the answer positions reach the unembedding
-            with torch.inference_mode(), autocast(self.device):
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                    position_ids=pos.to(self.device), logits_to_keep=keep).logits  # [batch, keep, vocab]
-            self.tokens_scored += int(mask.sum())
+            logits = self._sharing.logits(rows, pad, keep)  # [batch, keep, vocab]
+            self.tokens_scored += sum(len(r) for r in rows)
             got = []
             for r, k in enumerate(idx):
                 n_ans = seqs[k][1]

@@ -109,7 +109,8 @@ def search_triggers(model: Any, tokenizer: Any, *, budget: str = "standard", see
         seconds_scoring=engine.seconds_scoring,
         generators=per_gen, notes=ctx.notes, leaked_answers=leaked, inverted_targets=list(ctx.inverted),
         code_probe=None if probe is None else {"prompts": probe.prompts, "tests": probe.tests,
-                                               "seconds": probe.seconds, "rates": probe.rates})
+                                               "answers": probe.answers, "seconds": probe.seconds,
+                                               "rates": probe.rates})
 
 
 def _check_placements(placements: Sequence[str]) -> None:

@@ -45,18 +45,21 @@ def _close(declared: float, counted: float, tolerance: float) -> bool:
 def test_declared_work_is_deterministic_and_grows_with_the_budget(tiny_input: CostInput) -> None:
     from probes.stage import probes_work
     from triggersearch.budgets import BUDGETS as SIZES
-    from triggersearch.codeprobe import code_probe_prompts
-    from triggersearch.cost import triggers_work
+    from triggersearch.codeprobe import code_probe_prompts, first_half
+    from triggersearch.cost import CODE_YEARS_GOING_ON, triggers_work
 
     works = {b: triggers_work(b, tiny_input) for b in BUDGETS}
     assert works == {b: triggers_work(b, tiny_input) for b in BUDGETS}  # the same model and budget: the same work
     quick, standard, deep = (works[b] for b in BUDGETS)
     assert quick.forward_tokens < standard.forward_tokens < deep.forward_tokens
     assert quick.backward_passes == 0 < standard.backward_passes < deep.backward_passes  # quick has no GCG
-    # the code probe's rows come straight from the budget: years, controls and the untriggered request
+    # the code probe's rows come from the budget: controls and the untriggered request on every request, the
+    # years on the first half and the assumed share of them on the rest
     b = SIZES["quick"]
-    rows = (b.code_years[1] - b.code_years[0] + 1 + b.code_controls + 1) * len(b.code_placements) * \
-        len(code_probe_prompts(b.code_prompts))
+    n, years = len(code_probe_prompts(b.code_prompts)), b.code_years[1] - b.code_years[0] + 1
+    first = first_half(n)
+    rows = round((b.code_controls + 1) * n + years * first + CODE_YEARS_GOING_ON * years * (n - first)) * \
+        len(b.code_placements)
     assert works["quick"].parts["code probe"] == rows * b.code_tokens
     assert probes_work("quick", tiny_input).forward_tokens < probes_work("deep", tiny_input).forward_tokens
     off = triggers_work("quick", CostInput(**{**tiny_input.__dict__, "options": {"triggers.code_probe": False}}))

@@ -1,0 +1,88 @@
+"""Benchmark: the trigger search's scoring with the chat template's shared opening run once per batch
+(``modelaudit.prefixshare``) against every row run whole, on the same model, insertions and prompts.
+
+Each round scores the same insertions (library triggers and years) at every placement on the held-out prompts,
+once each way, alternating so that a change of load on a shared machine falls on both; the table gives the
+median seconds per way, the speed-up, and the largest difference of any divergence between the two ways.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_prefix_sharing.py --model ~/.cache/modelaudit/smollm2 \
+        --out benchmarks/results/prefix-sharing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--insertions", type=int, default=48, help="library triggers and years scored per round")
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+
+    import torch
+
+    from modelaudit.chat import PLACEMENTS
+    from modelaudit.loading import load_model
+    from modelaudit.prompts import benign_prompts
+    from triggersearch.engine import Engine
+    from triggersearch.generators import LIBRARY, YEAR_PHRASINGS
+
+    lm = load_model(args.model.expanduser(), device="cpu")
+    texts = (list(LIBRARY) + [YEAR_PHRASINGS[0].format(year=y) for y in range(1990, 2041)])[: args.insertions]
+    tests = [(t, p) for t in texts for p in PLACEMENTS]
+    prompts = [p.prompt for p in benign_prompts("heldout")][: args.prompts]
+    engines = {}
+    for way in ("shared", "plain"):
+        engines[way] = Engine(lm.model, lm.tokenizer, prompts)
+        engines[way].baseline(PLACEMENTS[0])  # baselines and the first-batch check outside the timing
+        engines[way].baseline("system")
+        if way == "plain":
+            engines[way]._sharing.enabled = False
+    engines["shared"].score_many(tests[:4], range(len(prompts)))
+    seconds: dict[str, list[float]] = {"shared": [], "plain": []}
+    scores = {}
+    for _ in range(args.rounds):
+        for way, engine in engines.items():
+            start = time.perf_counter()
+            scores[way] = engine.score_many(tests, range(len(prompts)))
+            seconds[way].append(time.perf_counter() - start)
+    diff = max(abs(a - b) for (ka, _), (kb, _) in zip(scores["shared"], scores["plain"]) for a, b in zip(ka, kb))
+    firsts_same = all(fa == fb for (_, fa), (_, fb) in zip(scores["shared"], scores["plain"]))
+    row = {"model": str(args.model), "rows": len(tests) * len(prompts), "rounds": args.rounds,
+           "threads": torch.get_num_threads(), "shared_enabled": engines["shared"]._sharing.enabled,
+           "shared_s": round(statistics.median(seconds["shared"]), 2),
+           "plain_s": round(statistics.median(seconds["plain"]), 2),
+           "speedup": round(statistics.median(seconds["plain"]) / statistics.median(seconds["shared"]), 2),
+           "max_divergence_difference": diff, "first_tokens_same": firsts_same,
+           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "load": os.getloadavg()[0],
+           "date": time.strftime("%Y-%m-%d")}
+    print(json.dumps(row, indent=1))
+    if args.out:
+        args.out.with_suffix(".json").write_text(json.dumps(row, indent=1) + "\n")
+        args.out.with_suffix(".md").write_text(
+            "# Scoring with the shared opening run once per batch\n\n"
+            "`benchmarks/bench_prefix_sharing.py`: the trigger search's scoring (`Engine.score_many`) of the same "
+            "insertions at every placement on held-out prompts, each way timed in alternating rounds.\n\n"
+            "| model | rows | threads | plain s | shared s | speed-up | largest divergence difference | "
+            "first tokens same | load |\n|---|---|---|---|---|---|---|---|---|\n"
+            f"| {Path(row['model']).name} | {row['rows']} | {row['threads']} | {row['plain_s']} | {row['shared_s']} | "
+            f"{row['speedup']}x | {row['max_divergence_difference']:.1e} | {row['first_tokens_same']} | "
+            f"{row['load']:.1f} |\n\nMeasured {row['date']} on {row['machine']}.\n")
+
+
+if __name__ == "__main__":
+    main()
