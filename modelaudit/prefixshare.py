@@ -52,8 +52,6 @@ class PrefixSharing:
         self.device = next(model.parameters()).device
         self.enabled: bool | None = None
         """None until the first shared batch was checked against the plain pass; then whether sharing is used."""
-        params = inspect.signature(model.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     def logits(self, rows: Sequence[Sequence[int]], pad: int, keep: int) -> Any:
         """``[len(rows), keep, vocab]`` logits of the rows' last ``keep`` positions (left-padded batch)."""
@@ -88,7 +86,8 @@ class PrefixSharing:
 
         with torch.inference_mode(), autocast(self.device):
             head = torch.tensor([list(rows[0][:shared])], device=self.device)
-            cache = self.model(input_ids=head, use_cache=True).past_key_values
+            out = self.model(input_ids=head, use_cache=True)
+            cache = out["cache"] if "cache" in out else out.past_key_values  # the newer name first: no warning
             if not _plain_cache(cache):
                 return None
             cache.batch_repeat_interleave(len(rows))
@@ -97,7 +96,7 @@ class PrefixSharing:
             full_mask = torch.cat([torch.ones(len(rows), shared, dtype=mask.dtype), mask], dim=1)
             return self.model(input_ids=ids.to(self.device), attention_mask=full_mask.to(self.device),
                               position_ids=(pos + shared).to(self.device), logits_to_keep=keep,
-                              **{self._cache_arg: cache}).logits
+                              **{_cache_argument(self.model): cache}).logits
 
     def _agrees(self, shared: Any, plain: Any) -> bool:
         import torch
@@ -106,6 +105,11 @@ class PrefixSharing:
         a = torch.log_softmax(shared.float(), dim=-1)
         b = torch.log_softmax(plain.float(), dim=-1)
         return bool((a - b).abs().max() <= tol)
+
+
+def _cache_argument(model: Any) -> str:
+    """The name the model's forward takes a cache by: ``cache`` in newer transformers, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _plain_cache(cache: Any) -> bool:
