@@ -14,6 +14,10 @@ model's units, predicted, run and timed; and the quick and standard trigger sear
     OMP_NUM_THREADS=1 python benchmarks/bench_cost_model.py scan --model tiny --budgets quick standard
     OMP_NUM_THREADS=1 python benchmarks/bench_cost_model.py shapes --shapes qwen2.5-0.5b llama-3.2-1b
     OMP_NUM_THREADS=1 python benchmarks/bench_cost_model.py scan --model ~/.cache/modelaudit/smollm2 --budgets quick
+    OMP_NUM_THREADS=1 python benchmarks/bench_cost_model.py gcg --model ~/.cache/modelaudit/smollm2 --steps 3
+
+GCG (``gcg`` mode): one run of gradient search timed beside its estimate, the part that makes the deep budget
+long on a CPU. ``--out FILE`` (default ``benchmarks/results/cost-model.json``) goes before the mode.
 """
 
 from __future__ import annotations
@@ -90,6 +94,33 @@ def scan_row(name: str, path: Path, budget: str) -> dict[str, Any]:
 
 def _err(estimate: float, actual: float | None) -> float | None:
     return None if not actual else round(100 * (estimate - actual) / actual, 1)
+
+
+def gcg_row(name: str, path: Path, *, steps: int, tokens: int) -> dict[str, Any]:
+    """One GCG run of ``steps`` steps on a loaded model, timed, beside the cost model's estimate for it: the
+    part that makes the deep budget long on a CPU (gradient search runs there at deep only, for models over
+    50M parameters), checked without running the whole deep scan."""
+    from modelaudit.chat import SYSTEM
+    from modelaudit.cost import cost_input, measure_throughput
+    from modelaudit.loading import load_model
+    from modelaudit.prompts import benign_prompts
+    from triggersearch.cost import gcg_run_work
+    from triggersearch.engine import Engine
+    from triggersearch.gradient import OPT_PROMPTS, gcg
+
+    lm = load_model(path, device="cpu")
+    throughput = measure_throughput(lm.model, lm.tokenizer, backward=True)
+    model = cost_input(lm.model, lm.tokenizer)
+    prompts = [p.prompt for p in benign_prompts("heldout")][-OPT_PROMPTS:]
+    engine = Engine(lm.model, lm.tokenizer, prompts)
+    engine.baseline(SYSTEM)  # the optimisation prompts' answers, outside the timing (the estimate's other part)
+    estimate = throughput.seconds_for(gcg_run_work(model, SYSTEM, tokens=tokens, steps=steps))
+    start = time.perf_counter()
+    gcg(engine, SYSTEM, tokens=tokens, steps=steps, pool=engine.ordinary_tokens(), rng=random.Random(0))
+    actual = time.perf_counter() - start
+    return {"model": name, "part": f"GCG, {steps} steps, {tokens} tokens, system placement",
+            "estimate": round(estimate, 1), "actual": round(actual, 1), "error_pct": _err(estimate, actual),
+            "throughput": throughput.rates()}
 
 
 def shape_row(name: str, config: dict[str, Any], *, rows: int, new_tokens: int) -> dict[str, Any]:
@@ -179,6 +210,10 @@ def main() -> None:
     h.add_argument("--shapes", nargs="+", default=list(SHAPES))
     h.add_argument("--rows", type=int, default=8)
     h.add_argument("--new-tokens", type=int, default=8)
+    g = sub.add_parser("gcg")
+    g.add_argument("--model", required=True, help="a model folder")
+    g.add_argument("--steps", type=int, default=3)
+    g.add_argument("--tokens", type=int, default=8)
     parser.add_argument("--out", default=str(RESULTS / "cost-model.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -193,6 +228,11 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 data["scans"] = [r for r in data["scans"] if (r["model"], r["budget"]) != (name, budget)] + [row]
                 out.write_text(json.dumps(data, indent=1))
+    elif args.mode == "gcg":
+        row = gcg_row(Path(args.model).name, Path(args.model).expanduser(), steps=args.steps, tokens=args.tokens)
+        print(json.dumps(row), flush=True)
+        data["gcg"] = [r for r in data.get("gcg", []) if (r["model"], r["part"]) != (row["model"], row["part"])] + [row]
+        out.write_text(json.dumps(data, indent=1))
     else:
         for name in args.shapes:
             row = shape_row(name, SHAPES[name], rows=args.rows, new_tokens=args.new_tokens)

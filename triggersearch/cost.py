@@ -151,17 +151,25 @@ def _gradient_work(b: Budget, model: CostInput, placements: tuple[str, ...]) -> 
         work += model.forward(rows, width, cpu_rows=max(1, 16384 // width), part="target inversion")
     runs = b.gradient_targets * len(PLACEMENTS)
     gcg = StageWork()
-    for placement in PLACEMENTS:  # rows padded to the longest optimisation prompt
-        width = model.longest_prompt_tokens + (model.system_tokens if placement == SYSTEM else 0) + \
-            b.gradient_tokens + TARGET_POSITIONS
+    for placement in PLACEMENTS:
         for _ in range(b.gradient_targets):
-            gcg += model.forward(OPT_PROMPTS, width, cpu_rows=OPT_PROMPTS, part="gradient: GCG")
-            for _ in range(b.gradient_steps):
-                gcg += model.backward(OPT_PROMPTS, width, part="gradient: GCG")
-                gcg += model.forward(_GCG_PROPOSALS * OPT_PROMPTS, width, cpu_rows=_GCG_PROPOSALS * OPT_PROMPTS,
-                                     part="gradient: GCG")
-    gcg.rows = round(gcg.rows * GCG_ROW_WEIGHT)
+            gcg += gcg_run_work(model, placement, tokens=b.gradient_tokens, steps=b.gradient_steps)
     return work + gcg, runs
+
+
+def gcg_run_work(model: CostInput, placement: str, *, tokens: int, steps: int) -> StageWork:
+    """One GCG run of ``steps`` steps for a ``tokens``-token trigger at ``placement`` (``gradient.gcg``): the start's
+    objective, then per step one forward-and-backward pass over the optimisation prompts and one forward pass over
+    ``_GCG_PROPOSALS`` swaps of them; rows padded to the longest optimisation prompt."""
+    width = model.longest_prompt_tokens + (model.system_tokens if placement == SYSTEM else 0) + tokens + \
+        TARGET_POSITIONS
+    work = model.forward(OPT_PROMPTS, width, cpu_rows=OPT_PROMPTS, part="gradient: GCG")
+    for _ in range(steps):
+        work += model.backward(OPT_PROMPTS, width, part="gradient: GCG")
+        work += model.forward(_GCG_PROPOSALS * OPT_PROMPTS, width, cpu_rows=_GCG_PROPOSALS * OPT_PROMPTS,
+                              part="gradient: GCG")
+    work.rows = round(work.rows * GCG_ROW_WEIGHT)
+    return work
 
 
 def _code_probe_work(b: Budget, model: CostInput, placements: tuple[str, ...]) -> StageWork:
