@@ -58,7 +58,13 @@ class PrefixSharing:
         shared = shared_length(rows, keep) if self.enabled is not False else 0
         if shared < MIN_SHARED:
             return self._plain(rows, pad, keep)
-        got = self._shared(rows, pad, keep, shared)
+        try:
+            got = self._shared(rows, pad, keep, shared)
+        except (TypeError, ValueError, AttributeError, IndexError) as exc:
+            if self.enabled:  # it worked on this model before: a real error, not an unsupported architecture
+                raise
+            log.debug("shared-prefix scoring failed on %s (%s); scoring the plain way", type(self.model).__name__, exc)
+            got = None
         if got is None:  # not a plain full-attention cache: never shared on this model
             self.enabled = False
             return self._plain(rows, pad, keep)

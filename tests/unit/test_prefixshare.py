@@ -107,3 +107,18 @@ def test_search_scores_are_the_same_with_and_without_sharing(loaded_tiny, placem
     assert shared._sharing.enabled is True
     for (kl_a, first_a), (kl_b, first_b) in zip(a, b):
         assert first_a == first_b and kl_a == pytest.approx(kl_b, abs=1e-4)
+
+
+def test_a_model_whose_forward_refuses_the_shared_pass_is_scored_the_plain_way(monkeypatch) -> None:
+    """An architecture whose forward rejects a cache or positions is an unsupported model, not a failed stage."""
+    model = _model()
+    rows = _rows()
+    sharing = PrefixSharing(model)
+
+    def refuse(*a):
+        raise TypeError("forward() got an unexpected keyword argument 'cache'")
+
+    monkeypatch.setattr(sharing, "_shared", refuse)
+    got = sharing.logits(rows, 0, keep=4)
+    assert sharing.enabled is False
+    assert torch.allclose(got, _plain(model, rows, keep=4), atol=1e-5)
