@@ -27,7 +27,8 @@ from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-METRICS = ("tpr", "fpr", "exact_recall", "partial_recall", "working_trigger_rate", "effective_tpr", "auroc")
+METRICS = ("tpr", "fpr", "exact_recall", "partial_recall", "working_trigger_rate", "behaviour_named_rate", "effective_tpr",
+           "auroc")
 """``BenchResult`` fields summarised over seeds."""
 
 
