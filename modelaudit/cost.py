@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from modelaudit.chat import DEFAULT_SYSTEM, PLACEMENTS, PREFIX, SYSTEM, insert_trigger, make_messages, render_prompt
+from modelaudit.chat import DEFAULT_SYSTEM, PLACEMENTS, PREFIX, SUFFIX, SYSTEM, insert_trigger, make_messages, render_prompt
 from modelaudit.errors import UsageError
 from modelaudit.findings import Report, ScanEstimate
 from modelaudit.generation import autocast, generate_ids, left_pad
@@ -145,6 +145,9 @@ class CostInput:
     shared_tokens: dict[str, int] = field(default_factory=dict, compare=False)
     """Per placement: leading tokens every rendered prompt with an insertion there has in common (the template's
     opening), which scoring runs once per batch (``modelaudit.prefixshare``)."""
+    prompt_shared_tokens: int = 0
+    """Leading tokens one rendered prompt has in common under two insertions at the ``suffix`` placement (the whole
+    prompt up to the insertion), which scoring runs once per batch where it batches a prompt's rows together."""
     tokenizer: Any = field(default=None, compare=False)
     """The model's tokenizer (token counts of the texts a stage inserts); None: about four characters a token."""
     model_bytes: int = 0
@@ -570,6 +573,15 @@ def cost_input(model: Any, tokenizer: Any, *, base: str | None = None, options: 
                 for p, t in ((heldout[0], "alpha"), (heldout[1], "omega zeta")))
         return shared_length([a, b], keep=1)
 
+    def prompt_shared() -> int:
+        """Common leading tokens of one held-out prompt with two different insertions at the suffix placement."""
+        counts = []
+        for p in heldout[:4]:
+            a, b = (tokenizer(render_prompt(tokenizer, insert_trigger(p, t, SUFFIX)), add_special_tokens=False)["input_ids"]
+                    for t in ("alpha", "omega zeta"))
+            counts.append(shared_length([a, b], keep=1))
+        return round(sum(counts) / len(counts))
+
     longest = max(len(r) for r in tokenizer([render_prompt(tokenizer, make_messages(t)) for t in heldout],
                                             add_special_tokens=False)["input_ids"])
 
@@ -580,6 +592,7 @@ def cost_input(model: Any, tokenizer: Any, *, base: str | None = None, options: 
                      prompt_tokens=mean_tokens(heldout),
                      system_tokens=max(0, mean_tokens(heldout, DEFAULT_SYSTEM) - mean_tokens(heldout)),
                      longest_prompt_tokens=longest, shared_tokens={pl: shared(pl) for pl in PLACEMENTS},
+                     prompt_shared_tokens=prompt_shared(),
                      code_prompt_tokens=mean_tokens([t.prompt for t in code_tasks("heldout") + code_tasks("probe")]),
                      tokenizer=tokenizer, model_bytes=model_bytes, base=base, options=dict(options or {}), seed=seed,
                      tool_version=tool_version)

@@ -14,12 +14,14 @@ import random
 import sys
 from typing import Any
 
-from modelaudit.chat import PLACEMENTS, PREFIX, SYSTEM
-from modelaudit.cost import CostInput, StageWork
+from modelaudit.chat import PLACEMENTS, PREFIX, SUFFIX, SYSTEM
+from modelaudit.cost import SCORING_BATCH_ROWS, CostInput, StageWork
 from triggersearch.budgets import BUDGETS, Budget
 from triggersearch.codeprobe import CODE_PHRASING, code_probe_prompts, first_half
 from triggersearch.confirm import GEN_CONTROLS
 from triggersearch.controls import length_bucket
+from triggersearch.engine import PROMPT_GROUP_MIN
+from triggersearch.search import SCORER_ROWS
 from triggersearch.fixedanswer import LEAK_CONTROLS, LEAK_TOKENS
 from triggersearch.generators import LIBRARY, YEAR_PHRASINGS, GeneratorContext, tokenizer_oddities
 from triggersearch.gradient import OPT_PROMPTS, POSITIONS, TARGET_POSITIONS, gcg, gradient_skip_reason
@@ -91,21 +93,34 @@ def triggers_work(budget: str, model: CostInput) -> StageWork:
         tests += runs
     mean_len = sum(lengths) / len(lengths)
     screen = min(b.screen_prompts, p)
-    shared = round(sum(model.scored_shared(pl) for pl in placements) / len(placements))
-    work += model.forward(tests * screen, int(lp + mean_len + a), shared=shared, part="screening")
     buckets = sorted({length_bucket(n) for n in lengths})
-    for pl in placements:
+    survivors = int(SURVIVOR_SHARE * tests)
+    for pl in placements:  # each placement's share of the tests
+        width = int(model.placed_tokens(pl) + mean_len + a)
+        work += _scored(model, round(tests * screen / len(placements)), width, pl,
+                        per_prompt=SCORER_ROWS // screen // len(placements), part="screening")
         for bucket in buckets:
-            work += model.forward(b.controls * p, model.placed_tokens(pl) + bucket + a,
-                                  shared=model.scored_shared(pl), part="controls")
-    work += model.forward(int(SURVIVOR_SHARE * tests) * (p - screen), int(lp + mean_len + a), shared=shared,
-                          part="survivors")
+            work += _scored(model, b.controls * p, model.placed_tokens(pl) + bucket + a, pl, per_prompt=b.controls,
+                            part="controls")
+        if p > screen:
+            work += _scored(model, round(survivors * (p - screen) / len(placements)), width, pl,
+                            per_prompt=SCORER_ROWS // (p - screen) // len(placements), part="survivors")
     confirmed = b.generate_top * min(CONFIRMED_PLACEMENTS, len(placements))
     control_keys = min(confirmed, len(placements) * len(buckets))
     work += model.generate((confirmed + control_keys * GEN_CONTROLS) * p, int(lp + mean_len), g,
                            part="behaviour confirmation")
     work += _code_probe_work(b, model, placements)
     return work
+
+
+def _scored(model: CostInput, rows: int, tokens: int, placement: str, *, per_prompt: int, part: str) -> StageWork:
+    """Scoring ``rows`` rows at ``placement``, ``per_prompt`` of them on each prompt in one call of the engine: on a
+    CPU a prompt's suffix rows of at least ``PROMPT_GROUP_MIN`` make batches of their own, which share the whole
+    prompt (``engine._prompt_groups``); everything else shares the template's opening."""
+    if placement == SUFFIX and per_prompt >= PROMPT_GROUP_MIN and model.device_type != "cuda":
+        return model.forward(rows, tokens, cpu_rows=min(per_prompt, SCORING_BATCH_ROWS),
+                             shared=model.prompt_shared_tokens, part=part)
+    return model.forward(rows, tokens, shared=model.scored_shared(placement), part=part)
 
 
 def scaffold_lengths(model: CostInput) -> list[int]:

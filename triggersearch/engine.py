@@ -18,7 +18,12 @@ from typing import Any
 from modelaudit.batching import batch_rows, map_batches, on_cuda
 from modelaudit.generation import generate_ids
 from modelaudit.prefixshare import PrefixSharing
-from modelaudit.chat import DEFAULT_SYSTEM, PREFIX, SYSTEM, insert_trigger, render_prompt
+from modelaudit.chat import DEFAULT_SYSTEM, PREFIX, SUFFIX, SYSTEM, insert_trigger, render_prompt
+
+PROMPT_GROUP_MIN = 8
+"""Insertions at the suffix placement scored on one prompt in one call that make a batch of their own (below
+this, they join the batches of other rows). Every such row begins with the whole rendered prompt, which then runs
+once for all of them (``modelaudit.prefixshare``) rather than only the template's opening."""
 
 
 def baseline_family(placement: str) -> str:
@@ -147,15 +152,25 @@ class Engine:
         for i, text, placement in jobs:
             answer = base.answer_ids[i][: self.answer_tokens]
             seqs.append((self.prompt_ids(i, text, placement) + answer, len(answer)))
-        order = sorted(range(len(seqs)), key=lambda j: len(seqs[j][0]))
+        on_gpu = on_cuda(self.model)
+        group = {} if on_gpu else _prompt_groups(jobs)
+        # rows of one prompt's group side by side, the rest by length (similar lengths pad less)
+        order = sorted(range(len(seqs)), key=lambda j: (j not in group, group.get(j, 0), len(seqs[j][0])))
+        group_end: list[int] = []
+        for pos in range(len(order) - 1, -1, -1):
+            j, nxt = order[pos], order[pos + 1] if pos + 1 < len(order) else None
+            same = nxt is not None and j in group and nxt in group and group[j] == group[nxt]
+            group_end.append(group_end[-1] if same else pos + 1)
+        group_end.reverse()
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         keep_most = self.answer_tokens + 1
 
         def cpu_size(j: int) -> int:
             """Similar memory per batch whatever the length: about ``batch_size * 96`` tokens, read at the
-            batch's first (shortest) row, at most ``batch_size * 4`` rows."""
+            batch's first (shortest) row, at most ``batch_size * 4`` rows; a prompt's group ends its batch."""
             budget_tokens = self.batch_size * 96
-            return max(1, min(self.batch_size * 4, budget_tokens // max(1, len(seqs[order[j]][0]))))
+            rows = max(1, min(self.batch_size * 4, budget_tokens // max(1, len(seqs[order[j]][0]))))
+            return min(rows, group_end[j] - j) if order[j] in group else rows
 
         def run(idx: Sequence[int]) -> list[Any]:
             rows = [seqs[k][0] for k in idx]
@@ -177,8 +192,7 @@ class Engine:
             return got
 
         longest = max((len(s) for s, _ in seqs), default=1)
-        size = batch_rows(self.model, cpu_rows=1, tokens=longest, kept_positions=keep_most) \
-            if on_cuda(self.model) else cpu_size
+        size = batch_rows(self.model, cpu_rows=1, tokens=longest, kept_positions=keep_most) if on_gpu else cpu_size
         logprobs = map_batches(order, run, size=size, what="scoring")
         out: list[Any] = [None] * len(seqs)
         for k, lp in zip(order, logprobs):
@@ -213,3 +227,16 @@ class Engine:
                     pool.append(tid)
             self._pool = pool
         return self._pool
+
+
+def _prompt_groups(jobs: Sequence[tuple[int, str, str]]) -> dict[int, int]:
+    """Job index -> prompt index, for the suffix-placement jobs of prompts that have at least ``PROMPT_GROUP_MIN``
+    of them: such a prompt's rows begin alike up to the insertion, so they are batched together.
+
+    Why only on a CPU: a GPU batch holds thousands of rows, so a prompt's rows fill a fraction of one and the
+    common beginning of the batch is the template's opening either way."""
+    per_prompt: dict[int, list[int]] = {}
+    for j, (i, _, placement) in enumerate(jobs):
+        if placement == SUFFIX:
+            per_prompt.setdefault(i, []).append(j)
+    return {j: i for i, js in per_prompt.items() if len(js) >= PROMPT_GROUP_MIN for j in js}

@@ -38,6 +38,9 @@ from triggersearch.sweeps import year_sweeps
 
 SCREEN_Z = 1.0
 """Candidates below this z on the screening prompts are not scored further (early stopping)."""
+SCORER_ROWS = 256
+"""Rows (insertions x prompts) handed to the engine in one call: its progress step, and the rows a prompt's suffix
+insertions can group in (``engine.PROMPT_GROUP_MIN``)."""
 REPORTED_HITS = 25
 """Hits a result keeps, strongest first (one per candidate, at its strongest placement)."""
 
@@ -177,7 +180,7 @@ class _Scorer:
 
     def scores(self, tests: Sequence[Test], idx: Sequence[int], desc: str) -> Scores:
         out: Scores = {}
-        chunk = max(1, 256 // max(1, len(idx)))
+        chunk = max(1, SCORER_ROWS // max(1, len(idx)))
         what = f"{desc}: {len(tests)} insertions in batches of {chunk}"
         for i in track(range(0, len(tests), chunk), what=what, bar=self.progress):
             part = tests[i:i + chunk]

@@ -122,3 +122,38 @@ def test_a_model_whose_forward_refuses_the_shared_pass_is_scored_the_plain_way(m
     got = sharing.logits(rows, 0, keep=4)
     assert sharing.enabled is False
     assert torch.allclose(got, _plain(model, rows, keep=4), atol=1e-5)
+
+
+def test_a_prompts_suffix_insertions_share_the_whole_prompt(loaded_tiny, monkeypatch) -> None:
+    """At the suffix placement every row of one prompt begins with the whole rendered prompt: those rows are
+    batched together (``PROMPT_GROUP_MIN`` or more), so each batch runs the prompt once, with the scores of
+    the plain pass and fewer tokens computed than when only the template's opening is shared."""
+    from triggersearch import engine as engine_mod
+    from triggersearch.engine import PROMPT_GROUP_MIN, Engine
+
+    prompts = ["What is two plus two?", "Name a colour.", "Write a haiku about rain, please, in three lines."]
+    texts = [f"word{k} and {k * 7}" for k in range(PROMPT_GROUP_MIN + 2)]
+    tests = [(t, "suffix") for t in texts]
+    batches: list[list[list[int]]] = []
+    grouped = Engine(loaded_tiny.model, loaded_tiny.tokenizer, prompts)
+    grouped.baseline("suffix")
+    real = grouped._sharing.logits
+    monkeypatch.setattr(grouped._sharing, "logits", lambda rows, pad, keep: batches.append(rows) or real(rows, pad, keep))
+    with count_work(loaded_tiny.model) as work_grouped:
+        a = grouped.score_many(tests, range(3))
+    monkeypatch.undo()
+    assert len(batches) == 3 and all(len(rows) == len(texts) for rows in batches)  # one prompt per batch
+    for rows in batches:
+        assert shared_length(rows, keep=1) >= len(grouped.prompt_ids(0, "", "suffix")) - 8  # about the whole prompt
+
+    ungrouped = Engine(loaded_tiny.model, loaded_tiny.tokenizer, prompts)
+    ungrouped.baseline("suffix")
+    monkeypatch.setattr(engine_mod, "PROMPT_GROUP_MIN", len(texts) + 1)  # too few rows per prompt to group
+    with count_work(loaded_tiny.model) as work_ungrouped:
+        b = ungrouped.score_many(tests, range(3))
+    plain = Engine(loaded_tiny.model, loaded_tiny.tokenizer, prompts)
+    plain._sharing.enabled = False
+    c = plain.score_many(tests, range(3))
+    assert work_grouped.work.forward_tokens < 0.8 * work_ungrouped.work.forward_tokens
+    for (kl_a, first_a), (kl_b, _), (kl_c, first_c) in zip(a, b, c):
+        assert first_a == first_c and kl_a == pytest.approx(kl_c, abs=1e-4) and kl_b == pytest.approx(kl_c, abs=1e-4)
