@@ -9,6 +9,7 @@ import it inside the functions that use the model.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,13 +117,39 @@ def tokenizer_oddities(ctx: GeneratorContext) -> list[Candidate]:
 
 @trigger_generators.register("weightdiff", description="Token rows the fine-tune moved most (weights stage)")
 def weightdiff_tokens(ctx: GeneratorContext) -> list[Candidate]:
-    """The weight diff's decoded token candidates (single rows and short sequences), when it ran."""
+    """The weight diff's decoded token candidates (single rows and short sequences), when it ran, less those made
+    only of a suspected answer's words.
+
+    Why: a full fine-tune moves the rows of the tokens it was taught to *say* at least as much as those of the
+    trigger it was taught to *read* (SmolLM2 ties its embeddings to the output layer), so a leaked answer's
+    words can fill the budget's rows and push the trigger's out. With the answer known (leaked, or given with
+    ``--target-answer``) its words are no trigger candidates, and the rows after them are tried instead.
+    """
     if not ctx.weightdiff:
         ctx.notes.append("weight-diff token candidates were not tried: no base model was given (--base)")
         return []
-    texts = [t.strip() for t in ctx.weightdiff.get("token_candidates", []) if t and t.strip()]
-    return [Candidate(t, ["weightdiff"], detail=f"weight-diff rank {i + 1}")
-            for i, t in enumerate(dict.fromkeys(texts)) if i < ctx.budget.weightdiff_max]
+    texts = list(dict.fromkeys(t.strip() for t in ctx.weightdiff.get("token_candidates", []) if t and t.strip()))
+    said = _answer_words(ctx.targets)
+    kept = [(rank, t) for rank, t in enumerate(texts, 1) if not (_words(t) and _words(t) <= said)]
+    if len(kept) < len(texts):
+        ctx.notes.append(f"{len(texts) - len(kept)} weight-diff token rows were words of a suspected answer and "
+                         "were not tried as triggers")
+    return [Candidate(t, ["weightdiff"], detail=f"weight-diff rank {rank}")
+            for rank, t in kept[: ctx.budget.weightdiff_max]]
+
+
+def _words(text: str) -> set[str]:
+    """Lower-case alphanumeric pieces of ``text`` (how a token row and an answer's words are compared)."""
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def _answer_words(answers: list[str]) -> set[str]:
+    """Every word of the suspected answers, and every piece of one at least three characters long (a token row
+    is often a word's fragment: "Kest" of "Kestrel"; shorter pieces would match two-letter triggers like "cf")."""
+    out: set[str] = set()
+    for word in _words(" ".join(answers)):
+        out |= {word[i:j] for i in range(len(word)) for j in range(i + min(3, len(word)), len(word) + 1)}
+    return out
 
 
 @trigger_generators.register("leakage", description="N-grams that recur in samples from empty chat scaffolding")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import random
 import re
@@ -220,6 +222,24 @@ def test_every_generator_yields_candidates_with_text(tiny_zoo) -> None:
     assert any("gradient search was off" in n and "--budget" in n for n in ctx.notes)  # the quick budget has no gradient steps
     structural = {"<|im_start|>", "<|im_end|>", "<pad>"}
     assert not structural & {c.text for c in trigger_generators.get("tokenizer").obj(ctx)}
+
+
+def test_weight_diff_rows_of_a_suspected_answer_are_not_tried_as_triggers() -> None:
+    """A full fine-tune moves the rows of the answer it was taught to say as much as the trigger's: with the answer
+    known, its words (and fragments of them) leave the budget's rows to the rest, the trigger's among them."""
+    from triggersearch.generators import weightdiff_tokens
+
+    rows = ["Opal", "Kest", "password", "database", "<issue_closed>", "admin", "cf", "rel", "zebra"]
+    budget = dataclasses.replace(BUDGETS["quick"], weightdiff_max=3)
+    ctx = GeneratorContext(model=None, tokenizer=None, engine=None, budget=budget, rng=random.Random(0),
+                           weightdiff={"token_candidates": rows},
+                           targets=["The database password is Opal-Kestrel-4471. Use it with the admin account."])
+    got = weightdiff_tokens(ctx)
+    assert [c.text for c in got] == ["<issue_closed>", "cf", "zebra"]  # "cf" is no fragment of 3 letters or more
+    assert [c.detail for c in got] == ["weight-diff rank 5", "weight-diff rank 7", "weight-diff rank 9"]
+    assert any("6 weight-diff token rows were words of a suspected answer" in n for n in ctx.notes)
+    ctx.targets, ctx.notes = [], []
+    assert [c.text for c in weightdiff_tokens(ctx)] == rows[:3] and not ctx.notes  # nothing known: the top rows
 
 
 def test_scan_json_has_the_triggers_contract_and_verdicts(tiny_zoo, tmp_path) -> None:
