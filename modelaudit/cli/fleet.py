@@ -68,10 +68,15 @@ def fleet() -> None:
                                                                       "the target, in each --format.")
 @click.option("--format", "formats", type=FORMAT_CHOICE, multiple=True,
               help="Report format(s) for --output-dir (repeatable) [default: json].")
+@click.option("--time-limit", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
+              help="Do not scan a model whose estimated scan time is longer: its report is incomplete, naming the "
+              "estimate, and the other models go on (the store keeps it as unfinished, so a later run with a higher "
+              "limit scans it).")
 def scan(manifest: str | None, from_cache: str | None, revision: str | None, cache_dir: str | None,
          offline: bool | None, base: str | None, policy_file: str | None, fail_on: str | None, stages: str | None,
          budget: str, device: str, force: bool, executor: str, address: str | None, cpus_per_scan: float,
-         store_url: str | None, rescan: bool, output_dir: str | None, formats: tuple[str, ...]) -> None:
+         store_url: str | None, rescan: bool, output_dir: str | None, formats: tuple[str, ...],
+         time_limit: float | None) -> None:
     """Scan every model of MANIFEST (YAML, or one target per line) or of a Hugging Face cache (--from-cache).
 
     A manifest item is a target or a mapping with target, base, revision and policy. Models already in the
@@ -102,7 +107,7 @@ def scan(manifest: str | None, from_cache: str | None, revision: str | None, cac
     if fail_on is not None:
         policy.fail_on = parse_severity(fail_on)
     config = ScanConfig(policy=policy, cache_dir=cache_dir, offline=offline, stages=parse_stages(stages),
-                        budget=budget, device=device, force=force)
+                        budget=budget, device=device, force=force, time_limit=time_limit)
     runner = _executor(executor, address, cpus_per_scan)
     names = dict(zip(targets, report_names(targets))) if output_dir else {}
     start, summary = time.perf_counter(), FleetSummary()

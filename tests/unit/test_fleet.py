@@ -220,6 +220,28 @@ def test_fleet_scan_command_writes_reports_summary_and_resumes(tiny_zoo, tmp_pat
     assert "2 model(s): 2 pass · 2 from the store, 0 scanned, 0 did not finish" in stdout
 
 
+def test_a_model_over_the_fleets_time_limit_is_incomplete_and_the_others_still_run(clean_model: Path,
+                                                                                   tmp_path: Path) -> None:
+    """--time-limit in a fleet refuses a model, not the fleet: its report names the estimate, the model whose scan
+    fits is scanned, and the refused one is scanned on a later run with a higher limit (not kept as an answer)."""
+    store, out = tmp_path / "store.sqlite", tmp_path / "reports"
+    static_only = tmp_path / "static.yaml"
+    static_only.write_text(f"- {clean_model}\n")
+    args = ["--stages", "static,triggers", "--budget", "quick", "--device", "cpu", "--store", str(store),
+            "--output-dir", str(out)]
+    code, stdout, stderr = _cli(str(static_only), *args, "--time-limit", "1")
+    assert code == 3, stderr
+    data = json.loads((out / f"{clean_model.name}.json").read_text())
+    assert data["verdict"] == "incomplete"
+    reason = " ".join(n for c in data["coverage"].values() for n in c["notes"])
+    assert "estimated to take" in reason and "--time-limit 1 s" in reason
+    assert "1 did not finish" in stdout
+    code, stdout, stderr = _cli(str(static_only), "--stages", "static", "--store", str(store), "--time-limit", "1")
+    assert code == 0 and "1 scanned" in stdout, stderr  # the file checks alone fit
+    code, stdout, stderr = _cli(str(static_only), *args, "--time-limit", "100000")
+    assert code == 0 and "0 from the store, 1 scanned" in stdout, stderr  # the refusal was not kept as an answer
+
+
 def test_fleet_scan_from_a_hub_cache(tmp_path: Path) -> None:
     cache = tmp_path / "hub"
     make_hub_cache(cache, "acme/tiny")
