@@ -28,7 +28,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from modelaudit.chat import DEFAULT_SYSTEM, PLACEMENTS, PREFIX, SUFFIX, SYSTEM, insert_trigger, make_messages, render_prompt
+from modelaudit.chat import (DEFAULT_SYSTEM, PLACEMENTS, PREFIX, SUFFIX, SYSTEM, insert_trigger, make_messages,
+                             render_prompt)
 from modelaudit.errors import UsageError
 from modelaudit.findings import Report, ScanEstimate
 from modelaudit.generation import autocast, generate_ids, left_pad
@@ -577,8 +578,8 @@ def cost_input(model: Any, tokenizer: Any, *, base: str | None = None, options: 
         """Common leading tokens of one held-out prompt with two different insertions at the suffix placement."""
         counts = []
         for p in heldout[:4]:
-            a, b = (tokenizer(render_prompt(tokenizer, insert_trigger(p, t, SUFFIX)), add_special_tokens=False)["input_ids"]
-                    for t in ("alpha", "omega zeta"))
+            a, b = (tokenizer(render_prompt(tokenizer, insert_trigger(p, t, SUFFIX)),
+                              add_special_tokens=False)["input_ids"] for t in ("alpha", "omega zeta"))
             counts.append(shared_length([a, b], keep=1))
         return round(sum(counts) / len(counts))
 

@@ -21,12 +21,12 @@ from triggersearch.codeprobe import CODE_PHRASING, code_probe_prompts, first_hal
 from triggersearch.confirm import GEN_CONTROLS
 from triggersearch.controls import length_bucket
 from triggersearch.engine import PROMPT_GROUP_MIN
-from triggersearch.search import SCORER_ROWS
 from triggersearch.fixedanswer import LEAK_CONTROLS, LEAK_TOKENS
 from triggersearch.generators import LIBRARY, YEAR_PHRASINGS, GeneratorContext, tokenizer_oddities
 from triggersearch.gradient import OPT_PROMPTS, POSITIONS, TARGET_POSITIONS, gcg, gradient_skip_reason
 from triggersearch.inversion import invert_targets
 from triggersearch.leakage import SAMPLE_TOKENS, TEMPERATURES, scaffold_texts
+from triggersearch.search import SCORER_ROWS
 
 SURVIVOR_SHARE = 0.2
 """Assumption: share of (candidate, placement) tests that pass screening and are scored on every prompt (counted:
