@@ -254,10 +254,11 @@ def target_slug(target: str) -> str:
 @report_options
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--seed", default=0, show_default=True, help="Seed for prompts and controls.")
+@time_options
 def triggers(target: str, budget: str, candidates: tuple[str, ...], placements: tuple[str, ...],
              targets: tuple[str, ...], generators: str | None, code_probe: bool, base: str | None, revision: str | None,
              cache_dir: str | None, offline: bool | None, fmt: str, output: str | None, fail_on: str | None,
-             device: str, seed: int) -> None:
+             device: str, seed: int, time_limit: float | None, fit: bool) -> None:
     """Search TARGET for inserted texts that switch its behaviour (a scan with the triggers stage only).
 
     The static checks still run first, so a model whose files execute code is never loaded.
@@ -265,6 +266,7 @@ def triggers(target: str, budget: str, candidates: tuple[str, ...], placements: 
     policy = Policy()  # every stage it runs (weights too, with --base) is required: fail closed
     if fail_on is not None:
         policy.fail_on = parse_severity(fail_on)
+    check_time_options(time_limit, fit)
     options: dict[str, object] = {"triggers.candidates": list(candidates), "triggers.targets": list(targets),
                                   "triggers.code_probe": code_probe}
     if placements:
@@ -279,7 +281,7 @@ def triggers(target: str, budget: str, candidates: tuple[str, ...], placements: 
     report = run_scan(target, revision=revision, base=base,
                       config=ScanConfig(policy=policy, stages=stages, budget=budget, device=device, seed=seed,
                                         options=options, cache_dir=cache_dir, offline=offline,
-                                        progress=settings().reporter))
+                                        progress=settings().reporter, time_limit=time_limit, fit=fit))
     _emit(report, fmt, output)
     sys.exit(exit_code(report, policy))
 
