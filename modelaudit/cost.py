@@ -30,7 +30,7 @@ from typing import Any
 
 from modelaudit.chat import (DEFAULT_SYSTEM, PLACEMENTS, PREFIX, SUFFIX, SYSTEM, insert_trigger, make_messages,
                              render_prompt)
-from modelaudit.errors import UsageError
+from modelaudit.errors import TimeLimitError
 from modelaudit.findings import Report, ScanEstimate
 from modelaudit.generation import autocast, generate_ids, left_pad
 from modelaudit.prefixshare import MIN_SHARED, shared_length
@@ -470,10 +470,6 @@ def fit_budget(plans: dict[str, Plan], *, requested: str, time_limit: float, ord
         if name in plans and plans[name].total <= time_limit:
             return plans[name]
     return None
-
-
-class TimeLimitError(UsageError):
-    """The scan would not finish within ``--time-limit`` (and ``--fit`` found no budget that would)."""
 
 
 def over_limit_message(chosen: Plan, time_limit: float, cheapest: Plan | None, *, fit: bool,

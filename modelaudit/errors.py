@@ -31,6 +31,10 @@ class UsageError(ModelAuditError, ValueError):
     """Bad options or arguments: unknown format, conflicting flags."""
 
 
+class TimeLimitError(UsageError):
+    """The scan would not finish within ``--time-limit`` (and ``--fit`` found no budget that would)."""
+
+
 class StageError(ModelAuditError, RuntimeError):
     """A scan stage could not run (e.g. base model missing); recorded on the report, scan continues."""
 

@@ -58,7 +58,7 @@ class ScanConfig:
     """Told when each stage starts and finishes (``modelaudit.progress``); None shows nothing."""
     time_limit: float | None = None
     """Seconds the whole scan may take: when the cost model's estimate (``modelaudit.cost``) is longer, the scan is
-    refused (``cost.TimeLimitError``, a usage error) before its model stages run, or narrowed with ``fit``."""
+    refused (``errors.TimeLimitError``, a usage error) before its model stages run, or narrowed with ``fit``."""
     fit: bool = False
     """With ``time_limit``: narrow the budget to the largest that fits instead of refusing (never widen it, never
     drop a stage)."""

@@ -19,10 +19,10 @@ from modelaudit.api import scan as run_scan
 from modelaudit.chat import PLACEMENTS
 from modelaudit.cli.edge import (FORMAT_CHOICE, SEVERITY_CHOICE, STDOUT, ModelAuditCommand, emit_text, info,
                                  settings, worst_exit)
-from modelaudit.errors import InvalidModelFileError, ModelAuditError, UsageError
+from modelaudit.errors import InvalidModelFileError, ModelAuditError, TimeLimitError, UsageError
 from modelaudit.findings import Report
 from modelaudit.fleet.cached import scan_with_store
-from modelaudit.policy import EXIT_INCOMPLETE, Policy, exit_code, parse_severity
+from modelaudit.policy import EXIT_INCOMPLETE, EXIT_USAGE, Policy, exit_code, parse_severity
 from modelaudit.registry import stage_names, trigger_generators
 from modelaudit.stages import BUDGETS
 from reports.console import print_report
@@ -191,10 +191,14 @@ def _scan_target(target: str, *, revision: str | None, base: str | None, config:
 
 def _scan_one(target: str, output: str | None, *, revision: str | None, base: str | None, config: ScanConfig,
               fmt: str, store: scan_store.ScanStore | None = None, rescan: bool = False) -> int:
-    """One target of several: its report, or its error as one line (the other targets still run)."""
+    """One target of several: its report, or its error as one line (the other targets still run; a target over
+    --time-limit is refused alone, exit 2, since the estimate is the target's own)."""
     info(f"scanning {target}")
     try:
         report = _scan_target(target, revision=revision, base=base, config=config, store=store, rescan=rescan)
+    except TimeLimitError as exc:
+        click.echo(f"modelaudit: error: {target}: {exc}", err=True)
+        return EXIT_USAGE
     except UsageError:
         raise
     except ModelAuditError as exc:

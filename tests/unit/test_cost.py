@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,11 @@ def test_a_scan_over_its_time_limit_is_refused_naming_the_estimate(clean_model: 
     assert code == 2 and "estimated to take" in err and "--time-limit 1 s" in err and not out.exists()
     code, err = _cli("triggers", str(clean_model), "--fit")
     assert code == 2 and "--fit needs --time-limit" in err
+    twin = tmp_path / "twin"
+    shutil.copytree(clean_model, twin)
+    code, err = _cli("scan", str(clean_model), str(twin), "--stages", "static,triggers", "--budget", "quick",
+                     "--time-limit", "1", "--format", "json", "-o", str(out))
+    assert code == 2 and err.count("estimated to take") == 2, err  # several targets: each refused alone, none stops
 
 
 def test_fit_narrows_the_budget_and_the_report_records_estimate_and_actual(loaded: Any, tiny_input: CostInput,
